@@ -80,7 +80,8 @@ TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m[
                       "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 ARITHMETIC = {  # level: (operator, range of a, range of b)
     "add1": ("+", (0, 9), (0, 9)), "add2": ("+", (10, 99), (10, 99)), "sub2": ("-", (10, 99), (10, 99)),
-    "mul1": ("*", (0, 9), (0, 9)), "mul21": ("*", (10, 99), (2, 9))}
+    "mul1": ("*", (0, 9), (0, 9)), "mul21": ("*", (10, 99), (2, 9)), "add21": ("+", (10, 99), (1, 9)),
+    "sub21": ("-", (10, 99), (1, 9)), "sub1": ("-", (0, 9), (0, 9))}
 
 
 def fail(msg):

@@ -36,6 +36,17 @@ def critic_loss(value_logits, rewards):
     return F.binary_cross_entropy_with_logits(value_logits, rewards.to(value_logits.dtype))
 
 
+def success_logit(rewards, eps=1e-3):
+    """logit(mean R): the value head's starting bias, set from the first batch before its advantages.
+
+    A fresh critic says sigmoid(V) ~ 0.5. If only 5% of the first samples succeed, every advantage
+    R - 0.5 is negative and the policy is pushed away from whatever it did, right or wrong. Starting
+    V at the observed success rate centres the first advantages instead. Returns a float.
+    """
+    p = rewards.float().mean().clamp(eps, 1 - eps)
+    return torch.log(p / (1 - p)).item()
+
+
 def masked_mean(x, mask):
     """Mean of x over the positions where mask is 1 ("token-mean" aggregation). Scalar."""
     mask = mask.to(x.dtype)
