@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
+from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 from torch.distributions import Categorical, Normal
 from tqdm import tqdm
 
@@ -99,7 +100,7 @@ def make_envs(env_id, n):
 
 def reset(envs, seeds):
     """Start one episode per sub-env; episode i starts from env.reset(seed=seeds[i]) (the prompt)."""
-    if isinstance(envs.unwrapped, gym.envs.classic_control.cartpole.CartPoleVectorEnv):
+    if isinstance(envs.unwrapped, CartPoleVectorEnv):
         # The batched CartPole takes one seed for all; give each sub-env the start state that
         # CartPole-v1.reset(seed=s) gives, so prompts (and GRPO groups) match the single env exactly.
         envs.reset()
@@ -393,7 +394,7 @@ def train(cfg, resume=None):
             steps, ep = rollout(envs, agent, seeds)
             outcome = spec["outcome"](ep).astype(np.float64)
             if not np.all(np.isfinite(outcome)) or outcome.min() < 0 or outcome.max() > 1:
-                raise ValueError(f"outcome outside [0, 1] in {cfg.env}: {outcome}")
+                fail(f"outcome outside [0, 1] or NaN in {cfg.env}: {outcome}")
             stats = update(cfg, agent, actor_opt, critic_opt, steps, outcome, first=update_idx == 0)
             new_steps = int(ep["length"].sum())
             env_steps += new_steps

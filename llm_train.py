@@ -509,7 +509,15 @@ def main(argv=None):
     # 1. data: check every row before loading a model, so bad input fails in a second
     levels = cfg.task.split(",")
     train_rows = load_rows(cfg.data) if cfg.data else arithmetic(levels, 5000, cfg.seed, "train")
-    eval_rows = (load_rows(cfg.eval_data) if cfg.eval_data else arithmetic(levels, cfg.eval_size, cfg.seed, "test"))[:cfg.eval_size]
+    if cfg.eval_data:
+        eval_rows = load_rows(cfg.eval_data)[:cfg.eval_size]
+    elif cfg.data:  # no held-out file: hold out the last rows of the training file (at most a fifth of it)
+        n_eval = min(cfg.eval_size, len(train_rows) // 5)
+        if n_eval < 1:
+            fail(f"{cfg.data}: too few rows to hold out an evaluation set; pass --eval-data")
+        train_rows, eval_rows = train_rows[:-n_eval], train_rows[-n_eval:]
+    else:
+        eval_rows = arithmetic(levels, cfg.eval_size, cfg.seed, "test")
 
     # 2. models: the policy, and for sppo/ppo a critic; a resumed run loads its checkpoint instead
     ckpt = latest_checkpoint(cfg.resume) if cfg.resume else None
@@ -609,7 +617,10 @@ def main(argv=None):
             rewards = torch.tensor([reward_fn(t, train_rows[p]["answer"]) for t, p in zip(texts, picks)], device=device)
             if not torch.isfinite(rewards).all() or rewards.min() < 0 or rewards.max() > 1:
                 bad = rewards[~(torch.isfinite(rewards) & (rewards >= 0) & (rewards <= 1))][0].item()
-                raise ValueError(f"reward_fn returned {bad}, outside [0, 1], at step {step}")
+                bar.close()
+                if step - 1 > start_step:  # nothing is updated yet this step: keep the work of the steps before
+                    save_checkpoint(cfg.out, step - 1, policy, tok, critic, critic_tok, opts, scheds, state)
+                fail(f"reward_fn returned {bad}, outside [0, 1], at step {step}")
             m["time_score"] = time.time() - t0
             # 7. old log-probs (same function as the update) and, for sppo/ppo, the critic's values BEFORE its update
             t0 = time.time()
@@ -688,36 +699,31 @@ def main(argv=None):
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
                 m["eval_accuracy"], m["eval_response_length"] = evaluate(policy, tok, eval_prompts, eval_rows, eos_ids, cfg, device)
                 state["eval_history"].append({"step": step, "eval_accuracy": m["eval_accuracy"]})
-            for k, v in m.items():
+            for k, v in m.items():  # diverged: the weights are suspect, so the last checkpoint is kept as is
                 if isinstance(v, float) and not math.isfinite(v):
-                    raise ValueError(f"non-finite {k} at step {step}")
+                    bar.close()
+                    fail(f"non-finite {k} at step {step}; the last checkpoint in {cfg.out} is untouched")
             metrics_file.write(json.dumps(m) + "\n")
             metrics_file.flush()
             bar.update(1)
             bar.set_postfix(reward=f"{m['reward_mean']:.2f}", acc=f"{m['accuracy']:.2f}", len=f"{m['response_length']:.0f}")
             state["wall_seconds"] = wall()
-            if stop["now"] or (cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps):
+            if stop["now"] or step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
                 save_checkpoint(cfg.out, step, policy, tok, critic, critic_tok, opts, scheds, state)
             if stop["now"]:
                 bar.close()
                 metrics_file.close()
                 print(f"stopped at step {step}; resume with --resume {cfg.out}", file=sys.stderr)
                 sys.exit(130)
-    except ValueError as e:  # bad reward or a diverged run: keep what was done up to the last full step
-        bar.close()
-        if step > start_step + 1:
-            save_checkpoint(cfg.out, step - 1, policy, tok, critic, critic_tok, opts, scheds, state)
-        fail(str(e))
     finally:
         signal.signal(signal.SIGINT, previous_handler)
     bar.close()
     metrics_file.close()
 
-    # 12. final greedy evaluation, checkpoint and summary
+    # 12. final greedy evaluation (after the last checkpoint is safe) and summary
     acc, length = evaluate(policy, tok, eval_prompts, eval_rows, eos_ids, cfg, device)
     state["eval_history"].append({"step": cfg.steps, "eval_accuracy": acc, "eval_response_length": length})
-    state["wall_seconds"] = wall()
-    path = save_checkpoint(cfg.out, cfg.steps, policy, tok, critic, critic_tok, opts, scheds, state)
+    path = latest_checkpoint(cfg.out)
     summary = {"model": cfg.model, "algo": cfg.algo, "steps": cfg.steps, "eval_problems": len(eval_rows),
                "eval_accuracy_before": state["eval_accuracy_before"], "eval_accuracy_after": acc,
                "eval_history": state["eval_history"], "wall_seconds": wall(),
@@ -731,4 +737,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # only outside the training loop (loading, evaluation): nothing unsaved is lost
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)
