@@ -34,10 +34,11 @@ class Config:
     env: str = "CartPole-v1"  # gymnasium id, one of ENVS below
     algo: str = "sppo"  # sppo | ppo | grpo
     seed: int = 1  # seeds torch, the episode seeds and hence the whole run
-    total_steps: int = None  # env-step budget (counted steps of real episodes); None = the env's default
-    num_envs: int = None  # episodes per update, run side by side; None = the env's default
-    group_size: int = 8  # grpo: episodes per seed (a group); num_envs is rounded to a multiple
-    lr: float = None  # actor Adam learning rate; None = the env's default
+    total_steps: int = 1_000_000  # env-step budget (steps of real episodes, summed)
+    num_envs: int = 16  # sub-envs stepped side by side
+    episodes: int = 64  # episodes per update (the batch); grpo: rounded down to a multiple of group_size
+    group_size: int = 8  # grpo: episodes per seed (a group)
+    lr: float = 1e-3  # actor Adam learning rate
     critic_lr: float = 1e-3  # critic Adam learning rate
     update_epochs: int = 4  # passes over each batch of episodes
     num_minibatches: int = 4  # minibatches per pass (over all valid steps of the batch)
@@ -56,28 +57,29 @@ class Config:
 # Per-environment RLVR setup. outcome(ep) -> [0, 1] and success(ep) -> bool read the finished episode
 # only: ep["ret"] (the env's return, never shown to the learner), ep["length"], ep["min_x"] and ep["max_x"]
 # (range of the first observation coordinate, MountainCar's position) and ep["terminated"].
+# "config" holds this env's defaults; a flag given on the command line overrides them.
 ENVS = {
     "CartPole-v1": dict(  # graded: a random policy never balances 500 steps
         outcome=lambda ep: ep["length"] / 500.0,
         success=lambda ep: ep["length"] >= 500,
-        total_steps=1_000_000, num_envs=64, lr=1e-3, norm_obs=True),
+        config=dict(total_steps=1_000_000, num_envs=64, episodes=64)),
     "MountainCar-v0": dict(  # graded by the highest point reached (height ~ sin 3x), the flag gives 1
         outcome=lambda ep: np.where(ep["terminated"], 1.0,
                                     (np.maximum(np.sin(3 * ep["min_x"]), np.sin(3 * ep["max_x"])) + 1) / 2),
         success=lambda ep: ep["terminated"],
-        total_steps=1_000_000, num_envs=64, lr=1e-3, norm_obs=True),
+        config=dict(total_steps=1_000_000, num_envs=16, episodes=64)),
     "LunarLander-v3": dict(  # graded: normalised return, 300 and above gives 1
         outcome=lambda ep: np.clip((ep["ret"] + 200.0) / 500.0, 0.0, 1.0),
         success=lambda ep: ep["ret"] >= 200,
-        total_steps=2_000_000, num_envs=32, lr=1e-3, norm_obs=True),
+        config=dict(total_steps=2_000_000, num_envs=16, episodes=64)),
     "Pendulum-v1": dict(  # graded: normalised return, 0 is the best possible
         outcome=lambda ep: np.clip(1.0 + ep["ret"] / 1500.0, 0.0, 1.0),
         success=lambda ep: ep["ret"] >= -200,
-        total_steps=1_000_000, num_envs=32, lr=1e-3, norm_obs=True),
+        config=dict(total_steps=1_000_000, num_envs=16, episodes=64)),
     "Hopper-v5": dict(  # graded: normalised return, 2000 and above gives 1
         outcome=lambda ep: np.clip(ep["ret"] / 2000.0, 0.0, 1.0),
         success=lambda ep: ep["ret"] >= 1000,
-        total_steps=1_000_000, num_envs=32, lr=3e-4, norm_obs=True),
+        config=dict(total_steps=1_000_000, num_envs=16, episodes=64, lr=3e-4)),
 }
 EVAL_SEED0 = 10**9  # training seeds are drawn below this, evaluation seeds start here
 
@@ -98,53 +100,80 @@ def make_envs(env_id, n):
     return gym.make_vec(env_id, num_envs=n, vectorization_mode="sync")
 
 
-def reset(envs, seeds):
-    """Start one episode per sub-env; episode i starts from env.reset(seed=seeds[i]) (the prompt)."""
+def start_episodes(envs, which, seeds, obs=None):
+    """(Re)start the sub-envs where `which` is True; the k-th of them starts from env.reset(seed=seeds[k]).
+
+    That first observation is the episode's prompt. Returns the observations of all sub-envs.
+    """
     if isinstance(envs.unwrapped, CartPoleVectorEnv):
-        # The batched CartPole takes one seed for all; give each sub-env the start state that
-        # CartPole-v1.reset(seed=s) gives, so prompts (and GRPO groups) match the single env exactly.
-        envs.reset()
-        single = gym.make("CartPole-v1")
-        start = np.stack([single.reset(seed=int(s))[0] for s in seeds])
-        envs.unwrapped.state = start.T.astype(np.float64)
-        return start
-    return envs.reset(seed=[int(s) for s in seeds])[0]
+        # The batched CartPole resets from one shared RNG and has no partial reset: write into each
+        # chosen sub-env the start state that CartPole-v1.reset(seed=s) gives, and zero its step count.
+        cp = envs.unwrapped
+        if cp.state is None:
+            envs.reset()
+        start = np.stack([CARTPOLE.reset(seed=int(s))[0] for s in seeds])
+        cp.state[:, which], cp.steps[which], cp.prev_done[which] = start.T, 0, False
+        return cp.state.T.astype(np.float32)
+    if obs is None:  # first start: every sub-env
+        return envs.reset(seed=[int(s) for s in seeds])[0]
+    per_env = iter(seeds)
+    return envs.reset(seed=[int(next(per_env)) if w else None for w in which], options={"reset_mask": which})[0]
+
+
+CARTPOLE = gym.make("CartPole-v1").unwrapped  # computes the seeded start states of the batched CartPole
 
 
 def rollout(envs, agent, seeds, deterministic=False):
-    """Run one episode per sub-env, all started together, until every one has ended.
+    """Play one episode per seed, envs.num_envs at a time; a sub-env that ends starts the next seed.
 
-    Sub-envs that end early keep stepping (gymnasium auto-resets them) but those steps are masked out
-    and not counted. Returns the step tensors [T, E, ...], the mask, and per-episode stats for the
-    outcome. The env's per-step reward is only accumulated into ep["ret"] for reporting.
+    Returns the steps as tensors [T, n, ...] (episode j in column j, padded, mask 1 on real steps) and
+    per-episode stats for the outcome. The env's per-step reward is only summed into ep["ret"] for
+    reporting. A batch ends when all its episodes have ended, so long episodes are not under-sampled;
+    sub-envs left without an episode near the end keep stepping, masked out and not counted.
     """
-    obs = reset(envs, seeds)
-    n, max_t = len(seeds), envs.spec.max_episode_steps if envs.spec else 1000
-    alive = np.ones(n, dtype=bool)
-    ep = dict(ret=np.zeros(n), length=np.zeros(n, dtype=np.int64), min_x=obs[:, 0].astype(np.float64),
-              max_x=obs[:, 0].astype(np.float64), terminated=np.zeros(n, dtype=bool))
-    steps = dict(obs=[], actions=[], logp=[], mask=[])
-    for _ in range(max_t):
+    n, n_env, max_t = len(seeds), envs.num_envs, envs.spec.max_episode_steps
+    ep = dict(ret=np.zeros(n), length=np.zeros(n, dtype=np.int64), min_x=np.zeros(n), max_x=np.zeros(n),
+              terminated=np.zeros(n, dtype=bool))
+    buf = dict(obs=torch.zeros(max_t, n, envs.single_observation_space.shape[0]), logp=torch.zeros(max_t, n),
+               mask=torch.zeros(max_t, n))
+    slot = np.full(n_env, -1)  # the episode each sub-env is playing, -1 for none
+    slot[:min(n, n_env)] = np.arange(min(n, n_env))
+    obs = start_episodes(envs, slot >= 0, seeds[:n_env])
+    ep["min_x"][slot[slot >= 0]] = ep["max_x"][slot[slot >= 0]] = obs[slot >= 0, 0]
+    next_ep = min(n, n_env)
+    while (slot >= 0).any():
+        on = slot >= 0
+        j, t = slot[on], ep["length"][slot[on]]  # episode and step index of each busy sub-env
         obs_t = torch.as_tensor(obs, dtype=torch.float32)
         with torch.no_grad():
             dist = agent.dist(obs_t)
             action = agent.mode(dist) if deterministic else dist.sample()
             logp = agent.log_prob(dist, action)
-        steps["obs"].append(obs_t), steps["actions"].append(action), steps["logp"].append(logp)
-        steps["mask"].append(torch.as_tensor(alive, dtype=torch.float32))
+        if "actions" not in buf:
+            buf["actions"] = torch.zeros((max_t, n, *action.shape[1:]), dtype=action.dtype)
+        buf["obs"][t, j], buf["actions"][t, j], buf["logp"][t, j], buf["mask"][t, j] = obs_t[on], action[on], logp[on], 1
         a = action.numpy()
         if agent.continuous:  # the Gaussian is unbounded; the env gets the action clipped to its box
             a = np.clip(a, envs.single_action_space.low, envs.single_action_space.high)
         obs, reward, terminated, truncated, _ = envs.step(a)
-        ep["ret"] += reward * alive
-        ep["length"] += alive
-        ep["min_x"] = np.where(alive, np.minimum(ep["min_x"], obs[:, 0]), ep["min_x"])
-        ep["max_x"] = np.where(alive, np.maximum(ep["max_x"], obs[:, 0]), ep["max_x"])
-        ep["terminated"] |= terminated & alive
-        alive &= ~(terminated | truncated)
-        if not alive.any():
-            break
-    return {k: torch.stack(v) for k, v in steps.items()}, ep
+        ep["ret"][j] += reward[on]
+        ep["length"][j] += 1
+        ep["min_x"][j] = np.minimum(ep["min_x"][j], obs[on, 0])
+        ep["max_x"][j] = np.maximum(ep["max_x"][j], obs[on, 0])
+        ep["terminated"][j] |= terminated[on]
+        done = on & (terminated | truncated)
+        if done.any():
+            slot[done] = -1
+            restart = np.flatnonzero(done)[:n - next_ep]  # sub-envs that take the next seeds
+            if len(restart):
+                which = np.zeros(n_env, dtype=bool)
+                which[restart] = True
+                obs = start_episodes(envs, which, seeds[next_ep:next_ep + len(restart)], obs)
+                slot[restart] = np.arange(next_ep, next_ep + len(restart))
+                ep["min_x"][slot[restart]] = ep["max_x"][slot[restart]] = obs[restart, 0]
+                next_ep += len(restart)
+    length = int(ep["length"].max())
+    return {k: v[:length] for k, v in buf.items()}, ep
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -163,25 +192,24 @@ class Agent(nn.Module):
     """Actor (categorical or diagonal Gaussian policy) and critic, behind a running observation norm.
 
     The critic is V(s_0) -> one logit for sppo, V(s_t) -> one value per step for ppo; grpo ignores it.
-    The observation statistics live in the model (buffers), so a saved policy carries them; they are
+    Observations are normalised by running statistics: without it MountainCar's velocity (~0.01) is
+    invisible next to its position (~0.5) and the policy never learns to swing. The statistics live
+    in the model (buffers), so a saved policy carries them; they are
     refreshed between updates only, so old and new log-probs of one update see the same inputs.
     """
 
-    def __init__(self, obs_dim, action_space, hidden, norm_obs):
+    def __init__(self, obs_dim, action_space, hidden):
         super().__init__()
         self.continuous = isinstance(action_space, gym.spaces.Box)
         n_out = action_space.shape[0] if self.continuous else action_space.n
         self.actor = mlp(obs_dim, n_out, hidden, out_std=0.01)
         self.critic = mlp(obs_dim, 1, hidden, out_std=0.01)  # starts flat: its bias sets the level
         self.log_std = nn.Parameter(torch.zeros(n_out)) if self.continuous else None
-        self.norm_obs = norm_obs
         self.register_buffer("obs_mean", torch.zeros(obs_dim))
         self.register_buffer("obs_var", torch.ones(obs_dim))
         self.register_buffer("obs_count", torch.tensor(1e-4))
 
     def normalise(self, obs):
-        if not self.norm_obs:
-            return obs
         return ((obs - self.obs_mean) / torch.sqrt(self.obs_var + 1e-8)).clamp(-10, 10)
 
     @torch.no_grad()
@@ -274,7 +302,7 @@ def step(opt, loss, params, max_norm, extra=()):
 # ---------------------------------------------------------------------------------------------------
 def evaluate(cfg, agent, episodes):
     """Deterministic policy (argmax / Gaussian mean) on seeds EVAL_SEED0, EVAL_SEED0 + 1, ..."""
-    envs = make_envs(cfg.env, episodes)
+    envs = make_envs(cfg.env, min(episodes, cfg.num_envs))
     _, ep = rollout(envs, agent, np.arange(EVAL_SEED0, EVAL_SEED0 + episodes), deterministic=True)
     envs.close()
     spec = ENVS[cfg.env]
@@ -292,8 +320,7 @@ def save_checkpoint(path, cfg, agent, actor_opt, critic_opt, env_steps, update_i
 
 def build(cfg):
     probe = make_envs(cfg.env, 1)
-    agent = Agent(probe.single_observation_space.shape[0], probe.single_action_space, cfg.hidden,
-                  ENVS[cfg.env]["norm_obs"])
+    agent = Agent(probe.single_observation_space.shape[0], probe.single_action_space, cfg.hidden)
     probe.close()
     actor_params = [*agent.actor.parameters()] + ([agent.log_std] if agent.continuous else [])
     actor_opt = torch.optim.Adam(actor_params, lr=cfg.lr, eps=1e-5)
@@ -318,38 +345,36 @@ def load_checkpoint(run_dir):
 # Command line
 # ---------------------------------------------------------------------------------------------------
 def parse_args(argv=None):
+    """Returns (given flags as a dict, the --eval / --resume folders)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.error = fail  # one line, exit 2, for argparse's own errors too
-    for f in fields(Config):
-        p.add_argument("--" + f.name.replace("_", "-"), type=f.type, default=f.default)
+    for f in fields(Config):  # SUPPRESS: only the flags given appear, so env defaults can fill the rest
+        p.add_argument("--" + f.name.replace("_", "-"), type=f.type, default=argparse.SUPPRESS)
     p.add_argument("--eval", metavar="DIR", help="re-evaluate the policy saved in DIR and exit")
     p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (up to --total-steps)")
-    args = p.parse_args(argv)
-    extra = {k: getattr(args, k) for k in ("eval", "resume")}
-    cfg = Config(**{f.name: getattr(args, f.name) for f in fields(Config)})
-    return cfg, extra
+    given = vars(p.parse_args(argv))
+    return given, {k: given.pop(k, None) for k in ("eval", "resume")}
 
 
-def check(cfg):
-    """Fill the env defaults and refuse impossible settings."""
-    if cfg.env not in ENVS:
-        fail(f"unknown env {cfg.env!r}; choose one of {', '.join(ENVS)}")
+def make_config(given):
+    """Config defaults, then the env's defaults, then the flags given; refuse impossible settings."""
+    env = given.get("env", Config.env)
+    if env not in ENVS:
+        fail(f"unknown env {env!r}; choose one of {', '.join(ENVS)}")
+    cfg = Config(**{**ENVS[env]["config"], **given})
     if cfg.algo not in ("sppo", "ppo", "grpo"):
         fail(f"unknown algo {cfg.algo!r}; choose sppo, ppo or grpo")
-    spec = ENVS[cfg.env]
-    for name in ("total_steps", "num_envs", "lr"):
-        if getattr(cfg, name) is None:
-            setattr(cfg, name, spec[name])
+    for name in ("total_steps", "num_envs", "episodes", "lr", "critic_lr"):
         if getattr(cfg, name) <= 0:
             fail(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
     if cfg.algo == "grpo":
         if cfg.group_size < 2:
             fail(f"--group-size must be at least 2 for grpo, got {cfg.group_size}")
-        cfg.num_envs = max(cfg.group_size, cfg.num_envs // cfg.group_size * cfg.group_size)
+        cfg.episodes = max(cfg.group_size, cfg.episodes // cfg.group_size * cfg.group_size)
     if cfg.update_epochs < 1 or cfg.num_minibatches < 1 or cfg.eval_episodes < 1 or cfg.threads < 1:
         fail("--update-epochs, --num-minibatches, --eval-episodes and --threads must be at least 1")
-    if not (0 < cfg.clip_eps < 1 and 0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1 and cfg.critic_lr > 0):
-        fail("need 0 < --clip-eps < 1, 0 <= --gamma, --lam <= 1 and --critic-lr > 0")
+    if not (0 < cfg.clip_eps < 1 and 0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1):
+        fail("need 0 < --clip-eps < 1 and 0 <= --gamma, --lam <= 1")
     cfg.out = cfg.out or os.path.join("runs", f"{cfg.env}_{cfg.algo}_{cfg.seed}")
     try:
         os.makedirs(cfg.out, exist_ok=True)
@@ -388,9 +413,9 @@ def train(cfg, resume=None):
     try:
         while env_steps < cfg.total_steps:
             if cfg.algo == "grpo":  # group_size episodes per seed, consecutive
-                seeds = np.repeat(seed_rng.integers(0, EVAL_SEED0, cfg.num_envs // cfg.group_size), cfg.group_size)
+                seeds = np.repeat(seed_rng.integers(0, EVAL_SEED0, cfg.episodes // cfg.group_size), cfg.group_size)
             else:
-                seeds = seed_rng.integers(0, EVAL_SEED0, cfg.num_envs)
+                seeds = seed_rng.integers(0, EVAL_SEED0, cfg.episodes)
             steps, ep = rollout(envs, agent, seeds)
             outcome = spec["outcome"](ep).astype(np.float64)
             if not np.all(np.isfinite(outcome)) or outcome.min() < 0 or outcome.max() > 1:
@@ -433,19 +458,17 @@ def train(cfg, resume=None):
 
 
 def main(argv=None):
-    cfg, extra = parse_args(argv)
-    if extra["eval"]:
-        cfg_saved, agent, *_ = load_checkpoint(extra["eval"])
+    given, extra = parse_args(argv)
+    if extra["eval"]:  # the saved config, with --eval-episodes if given
+        saved = asdict(load_checkpoint(extra["eval"])[0])
+        cfg = make_config({**saved, "out": extra["eval"], **given})
         torch.set_num_threads(cfg.threads)
-        result = evaluate(cfg_saved, agent, cfg.eval_episodes)
-        print(json.dumps(dict(env=cfg_saved.env, algo=cfg_saved.algo, seed=cfg_saved.seed,
-                              eval_episodes=cfg.eval_episodes, **result)))
+        result = evaluate(cfg, load_checkpoint(extra["eval"])[1], cfg.eval_episodes)
+        print(json.dumps(dict(env=cfg.env, algo=cfg.algo, seed=cfg.seed, eval_episodes=cfg.eval_episodes, **result)))
         return result
-    if extra["resume"]:  # the saved config wins, except for the budget (--total-steps, if given)
-        saved = load_checkpoint(extra["resume"])[0]
-        saved.total_steps, saved.out = cfg.total_steps or saved.total_steps, extra["resume"]
-        cfg = saved
-    cfg = check(cfg)
+    if extra["resume"]:  # the saved config; flags given (such as a larger --total-steps) override it
+        given = {**asdict(load_checkpoint(extra["resume"])[0]), **given, "out": extra["resume"]}
+    cfg = make_config(given)
     summary = train(cfg, resume=extra["resume"])
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     return summary

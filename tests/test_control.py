@@ -29,7 +29,7 @@ def test_cartpole_sppo_improves_within_budget(tmp_path):
 @pytest.mark.parametrize("algo", ["sppo", "ppo", "grpo"])
 @pytest.mark.parametrize("env", list(control.ENVS))
 def test_one_update_each_algo_each_env(tmp_path, env, algo):
-    args = ["--env", env, "--algo", algo, "--total-steps", "1", "--num-envs", "4", "--group-size", "2",
+    args = ["--env", env, "--algo", algo, "--total-steps", "1", "--num-envs", "2", "--episodes", "4", "--group-size", "2",
             "--eval-episodes", "2", "--out", str(tmp_path)]
     summary = control.main(args)
     (row,) = rows(tmp_path)
@@ -51,10 +51,13 @@ def test_one_update_each_algo_each_env(tmp_path, env, algo):
 def test_grpo_groups_start_from_the_same_prompt():
     for env_id in ("CartPole-v1", "Hopper-v5"):
         envs = control.make_envs(env_id, 4)
-        obs = control.reset(envs, [7, 7, 8, 8])
+        obs = control.start_episodes(envs, np.ones(4, dtype=bool), [7, 7, 8, 8])
         assert np.allclose(obs[0], obs[1]) and np.allclose(obs[2], obs[3]) and not np.allclose(obs[0], obs[2])
         single = control.gym.make(env_id).reset(seed=7)[0]
         assert np.allclose(obs[0], single)  # the prompt is exactly env.reset(seed=s)
+        envs.step(envs.action_space.sample())
+        again = control.start_episodes(envs, np.array([False, False, True, False]), [7], obs)
+        assert np.allclose(again[2], single) and not np.allclose(again[0], single)  # a partial restart
 
 
 def test_saved_policy_reloads_and_acts_identically(tmp_path):
