@@ -16,6 +16,7 @@ import argparse
 import copy
 import dataclasses
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -45,7 +46,7 @@ class Config:
     group_size: int = 8  # grpo: samples per prompt
     steps: int = 12  # training steps (one batch of prompts each)
     batch_size: int = 32  # prompts per step (grpo samples group_size responses for each)
-    minibatches: int = 1  # minibatches per PPO epoch (one optimiser step each)
+    minibatches: int = 2  # minibatches per PPO epoch (one optimiser step each; paper: 256 prompts / 128)
     ppo_epochs: int = 1  # passes over each batch
     lr: float = 3e-5  # actor learning rate (paper: 1e-6 at 256 prompts/step on GPUs; higher for a short CPU run)
     critic_lr: float = 1e-4  # critic learning rate (paper: 5e-6)
@@ -54,16 +55,16 @@ class Config:
     clip_eps: float = 0.2  # PPO clip range
     max_grad_norm: float = 1.0  # gradient norm clip
     temperature: float = 0.7  # sampling temperature; log-probs use the same logits / temperature
-    max_new_tokens: int = 40  # response cap (answers to the arithmetic task are short)
+    max_new_tokens: int = 32  # response cap (answers to the arithmetic task are short)
     max_prompt_tokens: int = 256  # longer prompts are refused (exit 2) rather than silently cut
     value_init: bool = True  # set the value head's bias to the first batch's mean reward before its first use
     gamma: float = 1.0  # ppo: GAE discount
     lam: float = 1.0  # ppo: GAE lambda
-    task: str = "add2,mul21"  # built-in arithmetic levels: add1 add2 sub2 mul1 mul21 (comma list)
+    task: str = "mul1,add21,add2,mul21"  # built-in arithmetic levels (comma list): add1 add2 add21 sub1 sub2 sub21 mul1 mul21
     data: str = ""  # training data: .jsonl/.parquet with "prompt" and "answer"; "" = built-in task
     eval_data: str = ""  # held-out data, same format; "" = built-in task's test split
     eval_size: int = 256  # held-out problems for greedy evaluation
-    eval_every: int = 0  # also evaluate every N steps (0 = only before and after)
+    eval_every: int = 4  # also evaluate every N steps (0 = only before and after)
     eval_batch_size: int = 64  # prompts per greedy generation batch
     save_every: int = 0  # also checkpoint every N steps (0 = only at the end and on Ctrl-C)
     samples_every: int = 4  # log a few sample completions every N steps
@@ -461,14 +462,17 @@ def peak_memory(device):
 
 # ---------------------------------------------------------------------------------------------- main
 def parse_config(argv):
+    """Flags from the Config fields, with the field's comment as help. Only flags given on the command line
+    are kept (default=SUPPRESS), so --resume can tell them from the resumed run's own settings."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.error = fail  # one line on stderr and exit status 2, like every other bad input
+    comments = dict(re.findall(r"^    (\w+): .*?  # (.*)$", inspect.getsource(Config), re.M))
     for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool or isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+        flag, helps = "--" + f.name.replace("_", "-"), f"{comments.get(f.name, '')} (default: {f.default!r})"
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=helps)
         else:
-            parser.add_argument(flag, type=type(f.default), default=argparse.SUPPRESS,
+            parser.add_argument(flag, type=type(f.default), default=argparse.SUPPRESS, help=helps,
                                 choices=["sppo", "grpo", "ppo"] if f.name == "algo" else None)
     given = vars(parser.parse_args(argv))
     cfg = Config()
