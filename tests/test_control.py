@@ -98,3 +98,20 @@ def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     assert out.returncode == 2
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "LunarLander-v3"])
+def test_rollout_streams_seeded_episodes_through_fewer_envs(env_id):
+    envs = control.make_envs(env_id, 3)
+    agent = control.build(control.make_config({"env": env_id}))[0]
+    seeds = [5, 6, 7, 8, 9, 5, 6]  # 7 episodes through 3 sub-envs
+    steps, ep = control.rollout(envs, agent, seeds)
+    single = control.gym.make(env_id)
+    for j, s in enumerate(seeds):  # column j holds episode j, starting from reset(seed=seeds[j])
+        assert np.allclose(steps["obs"][0, j].numpy(), single.reset(seed=s)[0], atol=1e-6)
+    assert torch.equal(steps["mask"].sum(0).long(), torch.as_tensor(ep["length"]))
+    assert torch.all(steps["mask"][:-1] >= steps["mask"][1:])  # valid steps first, then padding
+    # a sampled action's stored log-prob is the policy's log-prob of it (ratio 1 on the first minibatch)
+    with torch.no_grad():
+        logp = agent.log_prob(agent.dist(steps["obs"]), steps["actions"])
+    assert torch.allclose(logp * steps["mask"], steps["logp"] * steps["mask"], atol=1e-6)

@@ -355,3 +355,26 @@ def test_embedded_smollm2_answers_and_round_trips(tmp_path):
     x = torch.tensor(prompts)
     with torch.no_grad():
         torch.testing.assert_close(back(x).logits, model(x).logits, atol=1e-4, rtol=0)
+
+
+def test_data_file_and_separate_critic_model(tmp_path, monkeypatch):
+    """--data with GSM8K answers (last rows held out without --eval-data) and a critic loaded from another
+    checkpoint with its own tokenizer, cut to one layer."""
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    data = tmp_path / "gsm.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Tom has {i} apples and buys 2. How many?",
+                                        "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"}) + "\n" for i in range(20)))
+    critic_dir = tmp_path / "critic_src"
+    model, tok = L.tiny_model(5)
+    L.save_model(model, tok, str(critic_dir))
+    out = tmp_path / "run"
+    summary = run(out, "--data", str(data), "--steps", "1", "--critic-model", str(critic_dir), "--critic-layers", "1")
+    assert summary["eval_problems"] == 4  # a fifth of 20 rows held out
+    m = metrics(out)[0]
+    assert {s["answer"] for s in m["samples"]} <= {str(i + 2) for i in range(16)}  # trained on the first 16 only
+    from transformers import AutoModel
+    backbone = AutoModel.from_pretrained(os.path.join(latest(out), "critic"))
+    assert backbone.config.num_hidden_layers == 1
+    start = model.model.layers[0].self_attn.q_proj.weight
+    assert not torch.equal(backbone.layers[0].self_attn.q_proj.weight, start)  # trained from the other weights
+    assert torch.allclose(backbone.layers[0].self_attn.q_proj.weight, start, atol=0.05)
