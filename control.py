@@ -36,11 +36,11 @@ class Config:
     seed: int = 1  # seeds torch, the episode seeds and hence the whole run
     total_steps: int = 1_000_000  # env-step budget (steps of real episodes, summed)
     num_envs: int = 16  # sub-envs stepped side by side
-    episodes: int = 64  # episodes per update (the batch); grpo: rounded down to a multiple of group_size
+    episodes: int = 32  # episodes per update (the batch); grpo: rounded down to a multiple of group_size
     group_size: int = 8  # grpo: episodes per seed (a group)
     lr: float = 1e-3  # actor Adam learning rate
     critic_lr: float = 1e-3  # critic Adam learning rate
-    update_epochs: int = 4  # passes over each batch of episodes
+    update_epochs: int = 8  # passes over each batch of episodes
     num_minibatches: int = 4  # minibatches per pass (over all valid steps of the batch)
     clip_eps: float = 0.2  # PPO clip range epsilon
     gamma: float = 0.99  # ppo only: discount of the GAE baseline
@@ -62,24 +62,24 @@ ENVS = {
     "CartPole-v1": dict(  # graded: a random policy never balances 500 steps
         outcome=lambda ep: ep["length"] / 500.0,
         success=lambda ep: ep["length"] >= 500,
-        config=dict(total_steps=1_000_000, num_envs=64, episodes=64)),
+        config=dict(total_steps=1_000_000, num_envs=64, episodes=64, update_epochs=4)),
     "MountainCar-v0": dict(  # graded by the highest point reached (height ~ sin 3x), the flag gives 1
         outcome=lambda ep: np.where(ep["terminated"], 1.0,
                                     (np.maximum(np.sin(3 * ep["min_x"]), np.sin(3 * ep["max_x"])) + 1) / 2),
         success=lambda ep: ep["terminated"],
-        config=dict(total_steps=1_000_000, num_envs=16, episodes=64)),
+        config=dict(total_steps=1_000_000, num_envs=64, episodes=64, update_epochs=4)),
     "LunarLander-v3": dict(  # graded: normalised return, 300 and above gives 1
         outcome=lambda ep: np.clip((ep["ret"] + 200.0) / 500.0, 0.0, 1.0),
         success=lambda ep: ep["ret"] >= 200,
-        config=dict(total_steps=2_000_000, num_envs=16, episodes=64)),
+        config=dict(total_steps=2_000_000)),
     "Pendulum-v1": dict(  # graded: normalised return, 0 is the best possible
         outcome=lambda ep: np.clip(1.0 + ep["ret"] / 1500.0, 0.0, 1.0),
         success=lambda ep: ep["ret"] >= -200,
-        config=dict(total_steps=1_000_000, num_envs=16, episodes=64)),
+        config=dict(total_steps=3_000_000)),
     "Hopper-v5": dict(  # graded: normalised return, 2000 and above gives 1
         outcome=lambda ep: np.clip(ep["ret"] / 2000.0, 0.0, 1.0),
         success=lambda ep: ep["ret"] >= 1000,
-        config=dict(total_steps=1_000_000, num_envs=16, episodes=64, lr=3e-4)),
+        config=dict(total_steps=1_000_000, lr=3e-4)),
 }
 EVAL_SEED0 = 10**9  # training seeds are drawn below this, evaluation seeds start here
 

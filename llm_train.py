@@ -64,7 +64,7 @@ class Config:
     data: str = ""  # training data: .jsonl/.parquet with "prompt" and "answer"; "" = built-in task
     eval_data: str = ""  # held-out data, same format; "" = built-in task's test split
     eval_size: int = 256  # held-out problems for greedy evaluation
-    eval_every: int = 4  # also evaluate every N steps (0 = only before and after)
+    eval_every: int = 0  # also evaluate every N steps (0 = only before and after)
     eval_batch_size: int = 64  # prompts per greedy generation batch
     save_every: int = 0  # also checkpoint every N steps (0 = only at the end and on Ctrl-C)
     samples_every: int = 4  # log a few sample completions every N steps
