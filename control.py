@@ -254,12 +254,12 @@ def update(cfg, agent, actor_opt, critic_opt, steps, outcome, first=False):
             seq_adv = sppo.sequence_advantages(rewards, agent.value(s0))
         for _ in range(cfg.update_epochs):  # L_critic = BCE(V(s_0), R)
             loss = sppo.critic_loss(agent.value(s0), rewards)
-            step(critic_opt, loss, agent.critic.parameters(), cfg.max_grad_norm)
+            step(critic_opt, loss, cfg.max_grad_norm)
         stats["critic_loss"] = loss.item()
-        flat["adv"] = seq_adv.expand_as(mask).flatten()[valid]  # the same A for every step of an episode
     elif cfg.algo == "grpo":
         seq_adv = sppo.grpo_advantages(rewards, cfg.group_size)  # (R - group mean) / group std
-        flat["adv"] = seq_adv.expand_as(mask).flatten()[valid]
+    if cfg.algo in ("sppo", "grpo"):
+        flat["adv"] = seq_adv.expand_as(mask).flatten()[valid]  # the same A for every step of an episode
     else:  # ppo: per-step critic, R on the last step, GAE; advantages whitened as in CleanRL and verl
         with torch.no_grad():
             values = agent.value(steps["obs"]) * mask  # [T, E]
@@ -276,21 +276,21 @@ def update(cfg, agent, actor_opt, critic_opt, steps, outcome, first=False):
             loss, pstats = sppo.policy_loss(logp, flat["logp"][idx], flat["adv"][idx], ones.expand_as(logp),
                                             cfg.clip_eps)
             entropy = agent.entropy(dist).mean()
-            step(actor_opt, loss - cfg.ent_coef * entropy, agent.actor.parameters(), cfg.max_grad_norm,
-                 extra=[agent.log_std] if agent.continuous else [])
+            step(actor_opt, loss - cfg.ent_coef * entropy, cfg.max_grad_norm)
             if cfg.algo == "ppo":
                 vloss = sppo.value_loss(agent.value(flat["obs"][idx]), flat["returns"][idx], ones.expand_as(logp))
-                step(critic_opt, vloss, agent.critic.parameters(), cfg.max_grad_norm)
+                step(critic_opt, vloss, cfg.max_grad_norm)
                 stats["critic_loss"] = vloss.item()
     stats.update(pstats, entropy=entropy.item())
     agent.update_obs_stats(flat["obs"])  # after the update, so one update sees one normalisation
     return stats
 
 
-def step(opt, loss, params, max_norm, extra=()):
+def step(opt, loss, max_norm):
+    """One Adam step on loss, with the gradient norm of the optimiser's parameters clipped."""
     opt.zero_grad()
     loss.backward()
-    nn.utils.clip_grad_norm_([*params, *extra], max_norm)
+    nn.utils.clip_grad_norm_([p for group in opt.param_groups for p in group["params"]], max_norm)
     opt.step()
 
 
