@@ -6,7 +6,8 @@
 Each run is `python control.py --env ENV --algo sppo --seed S` with default settings and one torch
 thread, in its own process; --jobs runs that many side by side (this machine has 2 cores). It also
 times the raw env.step rate of the same vector envs with random actions, to compare with the training
-loop's env steps per second. Writes bench/results/control_targets.{md,json}.
+loop's env steps per second. Writes bench/results/control_targets.{md,json}; envs measured in an
+earlier call stay in them, the ones measured now are replaced.
 """
 import argparse
 import json
@@ -55,6 +56,7 @@ def main():
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=os.path.join(ROOT, "runs", "bench_targets"))
     args = p.parse_args()
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     jobs = [(env, seed) for env in args.envs
             for seed in range(1, 1 + (max(5, args.seeds) if env == "CartPole-v1" else args.seeds))]
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -72,22 +74,26 @@ def main():
             wall_seconds_max=float(np.max([s["wall_seconds"] for s in runs])),
             train_steps_per_second_median=float(np.median([s["steps_per_second"] for s in runs])),
             raw_env_steps_per_second=raw_step_rate(env, runs[0]["config"]["num_envs"]))
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
-    lines = [f"Machine: {machine}; {args.jobs} runs side by side, one torch thread each.", "",
-             "| env | target | success (median) | success per seed | return (median) | env steps | wall s (median / max) "
-             "| train loop steps/s | raw env.step steps/s |", "|---" * 9 + "|"]
+        results[env]["measured"] = (f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, "
+                                    f"{args.jobs} run(s) side by side")
+    path = os.path.join(ROOT, "bench", "results", "control_targets.json")
+    if os.path.exists(path):  # keep the envs measured earlier, replace the ones measured now
+        with open(path) as f:
+            results = {**json.load(f), **results}
+    results = {env: results[env] for env in control.ENVS if env in results}
+    lines = ["| env | target | success (median) | success per seed | return (median) | env steps | wall s (median / max) "
+             "| train loop steps/s | raw env.step steps/s | measured |", "|---" * 10 + "|"]
     for env, r in results.items():
         lines.append(f"| {env} | {r['target']} | {r['success_rate_median']:.2f} | "
                      f"{', '.join(f'{x:.2f}' for x in r['success_rates'])} | {r['return_median']:.1f} | "
                      f"{r['env_steps_median']:.0f} | {r['wall_seconds_median']:.1f} / {r['wall_seconds_max']:.1f} | "
-                     f"{r['train_steps_per_second_median']:.0f} | {r['raw_env_steps_per_second']:.0f} |")
+                     f"{r['train_steps_per_second_median']:.0f} | {r['raw_env_steps_per_second']:.0f} | {r['measured']} |")
     table = "\n".join(lines)
     print(table)
-    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     with open(os.path.join(ROOT, "bench", "results", "control_targets.md"), "w") as f:
         f.write(table + "\n")
-    with open(os.path.join(ROOT, "bench", "results", "control_targets.json"), "w") as f:
-        json.dump(dict(machine=machine, results=results), f, indent=2)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":
