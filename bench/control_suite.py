@@ -1,6 +1,6 @@
 """SPPO vs token-level PPO vs GRPO (8 episodes per seed) on the five control tasks, equal env-step budgets.
 
-    python bench/control_suite.py            # 5 envs x 3 algos x 3 seeds, about an hour on 2 cores
+    python bench/control_suite.py            # 5 envs x 3 algos x 3 seeds, about an hour on 1 core
     python bench/control_suite.py --quick    # 1 seed, small budgets, a few minutes
 
 Every run is `python control.py --env ENV --algo ALGO --seed S --total-steps BUDGET` with the env's
@@ -25,8 +25,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALGOS = ["sppo", "ppo", "grpo"]
 TARGETS = {"CartPole-v1": 0.95, "MountainCar-v0": 0.8, "LunarLander-v3": 0.7, "Pendulum-v1": 0.8, "Hopper-v5": 0.5}
-BUDGETS = {"CartPole-v1": 300_000, "MountainCar-v0": 600_000, "LunarLander-v3": 1_000_000,
-           "Pendulum-v1": 1_500_000, "Hopper-v5": 500_000}
+BUDGETS = {"CartPole-v1": 300_000, "MountainCar-v0": 600_000, "LunarLander-v3": 600_000,
+           "Pendulum-v1": 1_000_000, "Hopper-v5": 300_000}
 QUICK_BUDGETS = {"CartPole-v1": 60_000, "MountainCar-v0": 100_000, "LunarLander-v3": 60_000,
                  "Pendulum-v1": 100_000, "Hopper-v5": 30_000}
 
