@@ -639,8 +639,8 @@ def main(argv=None):
                 if cfg.value_init and not state["value_initialised"]:
                     # the first batch's success rate as the critic's starting prediction: a critic at 0.5 when
                     # ~5% succeed makes every advantage negative and the policy only learns to stop early
-                    p = rewards.mean().clamp(0.02, 0.98)
-                    critic.head.bias.data.fill_(torch.logit(p).item() if cfg.algo == "sppo" else p.item())
+                    critic.head.bias.data.fill_(sppo.success_logit(rewards, eps=0.02) if cfg.algo == "sppo"
+                                               else rewards.mean().clamp(0.02, 0.98).item())
                     state["value_initialised"] = True
                 with torch.inference_mode():
                     values = critic_values(critic, cfg.algo, c_ids, c_mask, ids, mask)
