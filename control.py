@@ -421,8 +421,9 @@ def train(cfg, resume=None):
                 seeds = seed_rng.integers(0, EVAL_SEED0, cfg.episodes)
             steps, ep = rollout(envs, agent, seeds)
             outcome = spec["outcome"](ep).astype(np.float64)
-            if not np.all(np.isfinite(outcome)) or outcome.min() < 0 or outcome.max() > 1:
-                fail(f"outcome outside [0, 1] or NaN in {cfg.env}: {outcome}")
+            if not np.all(np.isfinite(outcome)) or outcome.min() < 0 or outcome.max() > 1:  # keep what was learnt
+                save_checkpoint(ckpt_path, cfg, agent, actor_opt, critic_opt, env_steps, update_idx)
+                fail(f"outcome outside [0, 1] or NaN in {cfg.env}: {outcome}; saved {ckpt_path}")
             stats = update(cfg, agent, actor_opt, critic_opt, steps, outcome, first=update_idx == 0)
             new_steps = int(ep["length"].sum())
             env_steps += new_steps
@@ -463,10 +464,10 @@ def train(cfg, resume=None):
 def main(argv=None):
     given, extra = parse_args(argv)
     if extra["eval"]:  # the saved config, with --eval-episodes if given
-        saved = asdict(load_checkpoint(extra["eval"])[0])
-        cfg = make_config({**saved, "out": extra["eval"], **given})
+        saved, agent, *_ = load_checkpoint(extra["eval"])
+        cfg = make_config({**asdict(saved), "out": extra["eval"], **given})
         torch.set_num_threads(cfg.threads)
-        result = evaluate(cfg, load_checkpoint(extra["eval"])[1], cfg.eval_episodes)
+        result = evaluate(cfg, agent, cfg.eval_episodes)
         print(json.dumps(dict(env=cfg.env, algo=cfg.algo, seed=cfg.seed, eval_episodes=cfg.eval_episodes, **result)))
         return result
     if extra["resume"]:  # the saved config; flags given (such as a larger --total-steps) override it
