@@ -68,6 +68,7 @@ class Config:
     eval_batch_size: int = 64  # prompts per greedy generation batch
     save_every: int = 0  # also checkpoint every N steps (0 = only at the end and on Ctrl-C)
     samples_every: int = 4  # log a few sample completions every N steps
+    dump_values: bool = False  # sppo/ppo: write DIR/values.jsonl, each step's critic values and rewards (bench/llm_compare.py)
     out: str = "runs/llm"  # run directory: metrics.jsonl, summary.json, checkpoint-*/
     resume: str = ""  # continue the run in this directory from its latest checkpoint
     seed: int = 0  # seeds data order, sampling and the tiny model
@@ -596,6 +597,7 @@ def main(argv=None):
         print("\nCtrl-C: saving after this step (press again to abort without saving)", file=sys.stderr)
     previous_handler = signal.signal(signal.SIGINT, on_sigint)
     metrics_file = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
+    values_file = open(os.path.join(cfg.out, "values.jsonl"), "a") if cfg.dump_values and critic is not None else None
     step = start_step
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=cfg.algo)
     elapsed_before = state["wall_seconds"]  # time spent by the earlier invocations of a resumed run
@@ -659,6 +661,13 @@ def main(argv=None):
                 adv = sppo.whiten(adv, rmaskf)
                 m["value_mse_before"] = sppo.value_loss(values, returns, rmaskf).item() * 2
             m["time_old_logp"] = time.time() - t0
+            if values_file:  # the values that made this step's advantages: sppo's calibration, ppo's tail effect
+                if cfg.algo == "sppo":
+                    record = {"pred_success": torch.sigmoid(values).tolist()}  # one per prompt
+                else:
+                    record = {"values": [row[:n].tolist() for row, n in zip(values, rmask.sum(1).tolist())]}  # V(s_t), t < T
+                values_file.write(json.dumps({"step": step, "algo": cfg.algo, "rewards": rewards.tolist(), **record}) + "\n")
+                values_file.flush()
             # 9. critic update: BCE on the outcome (sppo) or MSE on the GAE returns (ppo)
             t0 = time.time()
             if critic is not None:
@@ -724,6 +733,8 @@ def main(argv=None):
         signal.signal(signal.SIGINT, previous_handler)
     bar.close()
     metrics_file.close()
+    if values_file:
+        values_file.close()
 
     # 12. final greedy evaluation (after the last checkpoint is safe) and summary
     acc, length = evaluate(policy, tok, eval_prompts, eval_rows, eos_ids, cfg, device)

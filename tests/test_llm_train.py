@@ -243,6 +243,23 @@ def test_end_to_end(algo, tmp_path, monkeypatch):
         assert not os.path.exists(os.path.join(ckpt, "critic"))
 
 
+@pytest.mark.parametrize("algo", ["sppo", "ppo"])
+def test_dump_values(algo, tmp_path, monkeypatch):
+    """--dump-values: per step, sppo's predicted success per prompt, ppo's V(s_t) over each response; with rewards."""
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path, "--algo", algo, "--steps", "2", "--critic-layers", "1", "--dump-values")
+    with open(tmp_path / "values.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records] == [1, 2] and all(r["algo"] == algo for r in records)
+    for r, m in zip(records, metrics(tmp_path)):
+        assert len(r["rewards"]) == 4 and sum(r["rewards"]) / 4 == pytest.approx(m["reward_mean"])
+        if algo == "sppo":
+            assert len(r["pred_success"]) == 4 and all(0 < p < 1 for p in r["pred_success"])
+            assert sum(r["pred_success"]) / 4 == pytest.approx(m["critic_pred_success"], abs=1e-6)
+        else:  # one value per response token, up to and including the end token
+            assert len(r["values"]) == 4 and sum(len(v) for v in r["values"]) == m["tokens_generated"]
+
+
 def test_save_model_round_trip(tmp_path):
     from transformers import AutoModelForCausalLM
     model, tok = L.tiny_model(3)
