@@ -224,8 +224,8 @@ def main():
                      f"{r['generated_tokens']:,} | {fmt(r['wall_seconds_to_grpo_best'], '.0f')} | "
                      f"{fmt(r['tokens_to_grpo_best'], ',')} |")
     lines += ["", f"GRPO's best accuracy {grpo_best:.3f} (start {start_acc:.3f}). Speed-up of SPPO over GRPO to reach it, "
-              f"in training seconds: {fmt(speedup, '.1f')}x (paper: 5.9x)" +
-              ("" if speedup else " - undefined: GRPO did not improve on the start, or SPPO did not reach it") + ".", "",
+              "in training seconds: " + (f"{speedup:.1f}x (paper: 5.9x)." if speedup else
+                                         "undefined (GRPO did not improve on the start, or SPPO did not reach it)."), "",
               "| critic | layers | peak memory (RSS) | s/step | critic s/step | final accuracy |", "|---" * 6 + "|",
               f"| cut | {k} | {cut['peak_memory_bytes'] / 2**30:.2f} GiB | {cut['seconds_per_step']:.1f} | "
               f"{cut['critic_seconds_per_step']:.2f} | {cut['final_accuracy']:.3f} |",
