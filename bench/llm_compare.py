@@ -3,7 +3,7 @@
 SPPO samples 1 response per prompt, GRPO 8. Every run is `python llm_train.py ...` with the same model, task,
 prompts per step and held-out set, one torch thread, one run at a time (runs in OUT/<run>/, log in log.txt).
 
-    python bench/llm_compare.py            # SmolLM2-135M (embedded), about 41 min on 1 CPU thread (estimate below)
+    python bench/llm_compare.py --jobs 2   # SmolLM2-135M (embedded), 32 min measured, one thread per run
     python bench/llm_compare.py --quick    # random tiny model, no download, under a minute: a smoke test only
 
 Runs (full mode: 8 prompts per step, 128 held-out problems, at most 32 new tokens):
@@ -22,7 +22,7 @@ CPU; 32 samples/step: generation 10.4 s, old log-probs + values 9.0 s, critic 3.
 grpo 8 x (64 x 1.0 + ~15 s) = ~630 s; sppo_full_critic ~460 s (a 5x bigger critic); 15 greedy evaluations of
 128 problems at ~30 s = ~450 s; 4 model loads at ~40 s = ~160 s. In all about 2,450 s = ~41 min, uncertain by
 perhaps +-25% (the per-step costs were measured at 32 prompts/step; small batches use the CPU less well).
-NOT RUN YET. If it must be shorter, --steps 18 --grpo-steps 6 cuts about a quarter.
+Measured with --jobs 2 (two runs side by side): 1904 s in all, see bench/results/llm_compare.md. If it must be shorter, --steps 18 --grpo-steps 6 cuts about a quarter.
 
 Writes RESULTS/llm_compare.{json,md}, RESULTS/llm_accuracy.png and RESULTS/llm_tail_effect.png (plots need
 matplotlib). RESULTS is bench/results, or OUT/results with --quick.
