@@ -24,7 +24,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALGOS = ["sppo", "ppo", "grpo"]
-TARGETS = {"CartPole-v1": 0.95, "MountainCar-v0": 0.8, "LunarLander-v3": 0.7, "Pendulum-v1": 0.8, "Hopper-v5": 0.5}
+TARGETS = {"CartPole-v1": 0.95, "MountainCar-v0": 0.8, "LunarLander-v3": 0.7, "Pendulum-v1": 0.8,
+           "Hopper-v5": 0.5}
 BUDGETS = {"CartPole-v1": 300_000, "MountainCar-v0": 600_000, "LunarLander-v3": 600_000,
            "Pendulum-v1": 1_000_000, "Hopper-v5": 300_000}
 QUICK_BUDGETS = {"CartPole-v1": 60_000, "MountainCar-v0": 100_000, "LunarLander-v3": 60_000,
@@ -45,8 +46,8 @@ def run(env, algo, seed, budget, out_root, eval_episodes):
     hit = next((c for c in curve if c[2] >= TARGETS[env]), None)
     return dict(env=env, algo=algo, seed=seed, success_rate=summary["success_rate"],
                 mean_return=summary["mean_return"], env_steps=summary["env_steps"],
-                wall_seconds=summary["wall_seconds"], steps_to_target=hit and hit[0], seconds_to_target=hit and hit[1],
-                curve=curve)
+                wall_seconds=summary["wall_seconds"], steps_to_target=hit and hit[0],
+                seconds_to_target=hit and hit[1], curve=curve)
 
 
 def median(xs):
@@ -82,13 +83,15 @@ def main():
     p.add_argument("--seeds", type=int, default=None, help="default 3, or 1 with --quick")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=None, help="run folders (default runs/bench_suite[_quick])")
-    p.add_argument("--results", default=None, help="tables and plots (default bench/results, runs/... with --quick)")
+    p.add_argument("--results", default=None,
+                   help="tables and plots (default bench/results, runs/... with --quick)")
     args = p.parse_args()
     budgets = QUICK_BUDGETS if args.quick else BUDGETS
     seeds = args.seeds or (1 if args.quick else 3)
     tag = "bench_suite_quick" if args.quick else "bench_suite"
     out = args.out or os.path.join(ROOT, "runs", tag)
-    results_dir = args.results or (os.path.join(out, "results") if args.quick else os.path.join(ROOT, "bench", "results"))
+    results_dir = args.results or (os.path.join(out, "results") if args.quick
+                                   else os.path.join(ROOT, "bench", "results"))
     os.makedirs(results_dir, exist_ok=True)
     jobs = [(env, algo, seed) for env in args.envs for seed in range(1, seeds + 1) for algo in ALGOS]
     jobs.sort(key=lambda j: -budgets[j[0]] * (4 if j[0] == "Hopper-v5" else 1))  # longest first
@@ -96,11 +99,13 @@ def main():
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = list(pool.map(lambda j: run(*j, budgets[j[0]], out, 20 if args.quick else 100), jobs))
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-               f"{time.strftime('%Y-%m-%d')}, {args.jobs} runs side by side, {time.time() - start:.0f} s in all")
+               f"{time.strftime('%Y-%m-%d')}, {args.jobs} runs side by side, "
+               f"{time.time() - start:.0f} s in all")
     table = {}
     lines = [f"Machine: {machine}.", "",
-             "| env | algo | budget | success (median) | min-max | return (median) | steps to target (median) "
-             "| seconds to target (median) | runs reaching target | wall s (median) |", "|---" * 10 + "|"]
+             "| env | algo | budget | success (median) | min-max | return (median) "
+             "| steps to target (median) | seconds to target (median) | runs reaching target "
+             "| wall s (median) |", "|---" * 10 + "|"]
     for env in args.envs:
         for algo in ALGOS:
             rs = [r for r in runs if r["env"] == env and r["algo"] == algo]
@@ -111,11 +116,13 @@ def main():
                 wall_seconds=median([r["wall_seconds"] for r in rs]),
                 steps_to_target_median=median([r["steps_to_target"] for r in rs]),
                 seconds_to_target_median=median([r["seconds_to_target"] for r in rs]),
-                reached_target=sum(r["steps_to_target"] is not None for r in rs), seeds=[r["seed"] for r in rs])
+                reached_target=sum(r["steps_to_target"] is not None for r in rs),
+                seeds=[r["seed"] for r in rs])
             t = table[env][algo]
             lines.append(f"| {env} | {algo} | {budgets[env]:,} | {t['success_rate_median']:.2f} | "
-                         f"{t['success_rate_min']:.2f}-{t['success_rate_max']:.2f} | {t['return_median']:.1f} | "
-                         f"{fmt(t['steps_to_target_median'], ',.0f')} | {fmt(t['seconds_to_target_median'], '.1f')} | "
+                         f"{t['success_rate_min']:.2f}-{t['success_rate_max']:.2f} | "
+                         f"{t['return_median']:.1f} | {fmt(t['steps_to_target_median'], ',.0f')} | "
+                         f"{fmt(t['seconds_to_target_median'], '.1f')} | "
                          f"{t['reached_target']}/{len(rs)} | {t['wall_seconds']:.1f} |")
         try:
             plot(env, [r for r in runs if r["env"] == env], os.path.join(results_dir, f"control_{env}.png"))

@@ -24,7 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import control  # noqa: E402
 
-TARGETS = {"CartPole-v1": 0.95, "MountainCar-v0": 0.8, "LunarLander-v3": 0.7, "Pendulum-v1": 0.8, "Hopper-v5": 0.5}
+TARGETS = {"CartPole-v1": 0.95, "MountainCar-v0": 0.8, "LunarLander-v3": 0.7, "Pendulum-v1": 0.8,
+           "Hopper-v5": 0.5}
 
 
 def run(env, seed, out_root):
@@ -74,20 +75,23 @@ def main():
             wall_seconds_max=float(np.max([s["wall_seconds"] for s in runs])),
             train_steps_per_second_median=float(np.median([s["steps_per_second"] for s in runs])),
             raw_env_steps_per_second=raw_step_rate(env, runs[0]["config"]["num_envs"]))
-        results[env]["measured"] = (f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores, "
-                                    f"{args.jobs} run(s) side by side")
+        results[env]["measured"] = (f"{time.strftime('%Y-%m-%d')}, {platform.machine()} "
+                                    f"{os.cpu_count()} cores, {args.jobs} run(s) side by side")
     path = os.path.join(ROOT, "bench", "results", "control_targets.json")
     if os.path.exists(path):  # keep the envs measured earlier, replace the ones measured now
         with open(path) as f:
             results = {**json.load(f), **results}
     results = {env: results[env] for env in control.ENVS if env in results}
-    lines = ["| env | target | success (median) | success per seed | return (median) | env steps | wall s (median / max) "
-             "| train loop steps/s | raw env.step steps/s | measured |", "|---" * 10 + "|"]
+    lines = ["| env | target | success (median) | success per seed | return (median) | env steps "
+             "| wall s (median / max) | train loop steps/s | raw env.step steps/s | measured |",
+             "|---" * 10 + "|"]
     for env, r in results.items():
         lines.append(f"| {env} | {r['target']} | {r['success_rate_median']:.2f} | "
                      f"{', '.join(f'{x:.2f}' for x in r['success_rates'])} | {r['return_median']:.1f} | "
-                     f"{r['env_steps_median']:.0f} | {r['wall_seconds_median']:.1f} / {r['wall_seconds_max']:.1f} | "
-                     f"{r['train_steps_per_second_median']:.0f} | {r['raw_env_steps_per_second']:.0f} | {r['measured']} |")
+                     f"{r['env_steps_median']:.0f} | "
+                     f"{r['wall_seconds_median']:.1f} / {r['wall_seconds_max']:.1f} | "
+                     f"{r['train_steps_per_second_median']:.0f} | {r['raw_env_steps_per_second']:.0f} | "
+                     f"{r['measured']} |")
     table = "\n".join(lines)
     print(table)
     with open(os.path.join(ROOT, "bench", "results", "control_targets.md"), "w") as f:
