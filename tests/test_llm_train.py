@@ -77,8 +77,8 @@ def test_reward_fn(completion, answer, expected):
 
 
 def test_reward_fn_fast_and_safe_on_hostile_input():
-    hostile = ["\\boxed{" * 50000 + "1", "{" * 100000, "1" * 200000, "1," * 100000, "-" * 100000 + "Answer:" * 10000,
-               "\\boxed{" + "}" * 100000, "9" * 60 + " " + "9" * 59 + "8"]
+    hostile = ["\\boxed{" * 50000 + "1", "{" * 100000, "1" * 200000, "1," * 100000,
+               "-" * 100000 + "Answer:" * 10000, "\\boxed{" + "}" * 100000, "9" * 60 + " " + "9" * 59 + "8"]
     t0 = time.time()
     for text in hostile:
         assert L.reward_fn(text, "1") in (0.0, 1.0)
@@ -91,7 +91,8 @@ def test_load_rows_gsm8k_and_errors(tmp_path, capsys):
     good = tmp_path / "d.jsonl"
     good.write_text('{"prompt": "p1", "answer": "step 1\\n#### 1,234"}\n\n{"prompt": "p2", "answer": 5}\n')
     rows = L.load_rows(str(good))
-    assert [r["answer"] for r in rows] == ["1,234", "5"] and L.reward_fn("Answer: 1234", rows[0]["answer"]) == 1.0
+    assert [r["answer"] for r in rows] == ["1,234", "5"]
+    assert L.reward_fn("Answer: 1234", rows[0]["answer"]) == 1.0
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p1", "answer": "1"}\n{"prompt": "p2"}\n')
     with pytest.raises(SystemExit) as e:
@@ -135,14 +136,17 @@ def test_left_padding_does_not_change_logprobs():
 def test_response_mask_ends_at_first_end_token():
     eos = [2, 9]
     resp = torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8], [2, 2, 2, 2], [5, 9, 2, 2], [5, 6, 2, 7]])
-    assert L.response_mask(resp, eos).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]]
+    expected = [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]]
+    assert L.response_mask(resp, eos).tolist() == expected
 
 
 def test_tiny_tokenizer_pad_is_eos_and_end_ids():
     model, tok = L.tiny_model(0)
     assert tok.pad_token_id == tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
-    assert set(L.end_ids(model, tok)) == {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")}
-    text = tok.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False, add_generation_prompt=True)
+    ends = {tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
+    assert set(L.end_ids(model, tok)) == ends
+    text = tok.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False,
+                                   add_generation_prompt=True)
     assert text.endswith("<|im_start|>assistant\n") and tok.decode(tok(text)["input_ids"]) == text
 
 
@@ -165,8 +169,9 @@ def test_logprobs_are_those_of_the_sampling_distribution():
     cfg = L.Config(max_new_tokens=5, temperature=0.7)
     ids, mask = L.left_pad(prompts, tok.pad_token_id, CPU)
     torch.manual_seed(1)
+    gen = L.generation_config(cfg, False, L.end_ids(model, tok), tok.pad_token_id)
     out = model.generate(input_ids=ids, attention_mask=mask, output_scores=True, return_dict_in_generate=True,
-                         generation_config=L.generation_config(cfg, False, L.end_ids(model, tok), tok.pad_token_id))
+                         generation_config=gen)
     resp = out.sequences[:, ids.shape[1]:]
     rmask = L.response_mask(resp, L.end_ids(model, tok))
     sampled = torch.stack(out.scores, 1).float().log_softmax(-1).gather(-1, resp[..., None]).squeeze(-1)
@@ -192,7 +197,7 @@ def test_sppo_critic_value_ignores_response_tokens():
     assert values["a"].shape == (2,)
     torch.testing.assert_close(values["a"], values["b"], atol=0, rtol=0)
     assert values["ppo_a"].shape == (2, len(tok("Answer: 3")["input_ids"]))
-    assert not torch.allclose(values["ppo_a"][:, -1], values["ppo_b"][:, -1])  # the token critic does read them
+    assert not torch.allclose(values["ppo_a"][:, -1], values["ppo_b"][:, -1])  # the token critic reads them
     with torch.no_grad():  # and the prompt's value does not depend on its padding
         alone = critic(torch.tensor([prompts[1]]), torch.ones(1, len(prompts[1]), dtype=torch.long))[:, -1]
     torch.testing.assert_close(values["a"][1:], alone, atol=1e-5, rtol=0)
@@ -202,8 +207,9 @@ def test_small_critic_keeps_first_layers_and_its_own_tokenizer():
     model, tok = L.tiny_model(0)
     critic, critic_tok = L.make_critic(model, tok, L.Config(critic_layers=1))
     assert len(critic.backbone.layers) == 1 and critic.backbone.config.num_hidden_layers == 1
-    torch.testing.assert_close(critic.backbone.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)
-    assert critic.backbone.embed_tokens.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()  # a copy
+    torch.testing.assert_close(critic.backbone.layers[0].mlp.up_proj.weight,
+                               model.model.layers[0].mlp.up_proj.weight)
+    assert critic.backbone.embed_tokens.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr()
 
 
 # --------------------------------------------------------------------------------------- end to end
@@ -216,13 +222,14 @@ def test_end_to_end(algo, tmp_path, monkeypatch):
     for key in ["model", "algo", "steps", "eval_accuracy_before", "eval_accuracy_after", "wall_seconds",
                 "generated_tokens", "peak_memory_bytes"]:
         assert key in summary
-    assert json.load(open(out / "summary.json")) == summary and summary["algo"] == algo and summary["steps"] == 2
+    assert json.load(open(out / "summary.json")) == summary
+    assert summary["algo"] == algo and summary["steps"] == 2
     ms = metrics(out)
     assert [m["step"] for m in ms] == [1, 2]
     n = 4 * (2 if algo == "grpo" else 1)
     for m in ms:
         assert all(v == v and abs(v) != float("inf") for v in m.values() if isinstance(v, float))
-        assert m["first_minibatch_clip_frac"] == 0.0 and m["first_minibatch_approx_kl"] == 0.0  # ratio exactly 1
+        assert m["first_minibatch_clip_frac"] == 0.0 == m["first_minibatch_approx_kl"]  # ratio exactly 1
         assert 0 < m["tokens_generated"] <= n * 8 and m["samples"] and "entropy" in m and "time_generate" in m
     assert summary["generated_tokens"] == sum(m["tokens_generated"] for m in ms)
     if algo == "sppo":  # value head bias = logit(first batch success rate) before the first advantage
@@ -245,7 +252,8 @@ def test_end_to_end(algo, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("algo", ["sppo", "ppo"])
 def test_dump_values(algo, tmp_path, monkeypatch):
-    """--dump-values: per step, sppo's predicted success per prompt, ppo's V(s_t) over each response; with rewards."""
+    """--dump-values: per step, sppo's predicted success per prompt, ppo's V(s_t) over each response, and the
+    rewards."""
     monkeypatch.setattr(L, "reward_fn", fake_reward)
     run(tmp_path, "--algo", algo, "--steps", "2", "--critic-layers", "1", "--dump-values")
     with open(tmp_path / "values.jsonl") as f:
@@ -280,7 +288,8 @@ def test_resume_gives_the_same_run(tmp_path, monkeypatch):
     a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "split")
     assert [m["step"] for m in b] == [1, 2, 3]
     for ma, mb in zip(a, b):
-        for k in ["policy_loss", "critic_loss", "reward_mean", "approx_kl", "clip_frac", "entropy", "tokens_generated"]:
+        for k in ["policy_loss", "critic_loss", "reward_mean", "approx_kl", "clip_frac", "entropy",
+                  "tokens_generated"]:
             assert ma[k] == pytest.approx(mb[k], rel=1e-6, abs=1e-9), (ma["step"], k)
     wa = load_file(os.path.join(latest(tmp_path / "straight"), "policy", "model.safetensors"))
     wb = load_file(os.path.join(latest(tmp_path / "split"), "policy", "model.safetensors"))
@@ -314,6 +323,7 @@ def bad(args, capsys, fragment, whole=True):
     assert e.value.code == 2 and fragment in err and "Traceback" not in err, err
     assert len(err.splitlines()) == 1 or not whole, err  # (a failing run has printed progress before)
     assert fragment in err.splitlines()[-1] and err.splitlines()[-1].startswith("llm_train.py: error: ")
+    assert "weights_only" not in err  # torch's advice to load a pickle unsafely is never passed on
 
 
 def test_bad_input(tmp_path, capsys):
@@ -329,9 +339,105 @@ def test_bad_input(tmp_path, capsys):
     bad([*TINY, "--eval-data", str(empty), *out], capsys, "no rows")
     bad([*TINY, "--max-prompt-tokens", "10", *out], capsys, "longer than --max-prompt-tokens 10")
     bad([*TINY, "--steps", "0", *out], capsys, "--steps must be >= 1")
-    bad(["--model", str(tmp_path / "no-such-model"), *out], capsys, "cannot load model")
-    bad(["--model", "no-such-org/no-such-model-xyz", *out], capsys, "cannot load model")
+    bad(["--model", str(tmp_path / "no-such-model"), *out], capsys, "no-such-model: no such file or folder")
+    bad(["--model", str(tmp_path / "m.gguf"), *out], capsys, "m.gguf: no such file or folder")
+    bad(["--model", "no-such-org/no-such-model-xyz", *out], capsys, "not in the local Hugging Face cache")
+    bad(["--model", "not a model", *out], capsys, "not 'smollm2', 'tiny', a folder, a .gguf file or a hub id")
     bad(["--resume", str(tmp_path / "nothing")], capsys, "config.json")
+    for flag, value, message in [("--eval-every", "-1", "--eval-every must be >= 0, got -1"),
+                                 ("--seed", "-1", "--seed must be >= 0"),
+                                 ("--lr", "nan", "--lr must be a finite"),
+                                 ("--critic-lr", "inf", "--critic-lr must be a finite"),
+                                 ("--max-grad-norm", "0", "--max-grad-norm must be > 0"),
+                                 ("--save-every", "-2", "--save-every must be >= 0")]:
+        bad([*TINY, flag, value, *out], capsys, message)
+    (tmp_path / "file").write_text("")
+    bad([*TINY, "--out", str(tmp_path / "file")], capsys, "is a file, not a folder")
+    bad([*TINY, "--out", "/proc/no/such/place"], capsys, "cannot write to --out /proc/no/such/place")
+    bad([*TINY, "--out", str(tmp_path / "file" / "sub")], capsys, "cannot write to --out")
+    assert sorted(os.listdir(tmp_path)) == ["empty.jsonl", "file", "rows.jsonl"]  # bad input created nothing
+
+
+def test_an_earlier_run_is_never_overwritten(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    first = tmp_path / "first"
+    run(first, "--steps", "2")
+    capsys.readouterr()
+    files = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
+
+    def unchanged():
+        return {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == files
+    message = f"--out {first} holds an earlier run: continue it with --resume {first}, or pass --overwrite"
+    bad([*TINY, "--out", str(first)], capsys, message)
+    bad(["--resume", str(first), "--steps", "3", "--algo", "ppo"], capsys, "--algo cannot change on --resume")
+    bad(["--resume", str(first), "--steps", "2"], capsys, "already at step 2")
+    assert unchanged()
+    # --resume DIR --out OTHER branches: OTHER continues from DIR's checkpoint, DIR is never touched
+    branch = tmp_path / "branch"
+    summary = L.main(["--resume", str(first), "--out", str(branch), "--steps", "3"])
+    assert unchanged() and summary["steps"] == 3 and [m["step"] for m in metrics(branch)] == [1, 2, 3]
+    assert metrics(branch)[:2] == metrics(first)
+    capsys.readouterr()
+    bad(["--resume", str(first), "--out", str(branch), "--steps", "3"], capsys, "holds an earlier run")
+    # --overwrite replaces the earlier run: its metrics and checkpoint are gone, not appended to
+    run(branch, "--steps", "1", "--overwrite")
+    assert [m["step"] for m in metrics(branch)] == [1]
+    assert os.path.basename(latest(branch)) == "checkpoint-000001"
+    assert [d for d in os.listdir(branch) if d.startswith("checkpoint-")] == ["checkpoint-000001"]
+
+
+def test_resume_drops_metrics_of_unsaved_steps(tmp_path, monkeypatch):
+    """A crash after a step was logged but before it was saved: the resumed run logs that step once."""
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path, "--steps", "2")
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 3, "reward_mean": 0.5}) + "\n")  # logged, never checkpointed
+    L.main(["--resume", str(tmp_path), "--steps", "3"])
+    assert [m["step"] for m in metrics(tmp_path)] == [1, 2, 3] and "policy_loss" in metrics(tmp_path)[-1]
+
+
+@pytest.mark.parametrize("content", [b"garbage", b"PK\x03\x04 truncated zip", None])
+def test_corrupt_checkpoint_is_named(tmp_path, monkeypatch, capsys, content):
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path, "--steps", "1")
+    state = os.path.join(latest(tmp_path), "trainer_state.pt")
+    if content is None:
+        torch.save({"step": 1}, state)  # a torch file, but not ours
+    else:
+        open(state, "wb").write(content)
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    capsys.readouterr()
+    bad(["--resume", str(tmp_path), "--steps", "2"], capsys, "not a checkpoint written by llm_train.py")
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_ctrl_c_in_the_final_evaluation_still_writes_the_summary(tmp_path, monkeypatch):
+    calls = []
+
+    def reward(completion, answer):  # 8 answers of the first evaluation, 4 samples of step 1, then the last
+        calls.append(1)
+        if len(calls) == 8 + 4 + 1:
+            raise KeyboardInterrupt  # what Ctrl-C raises outside the training loop
+        return fake_reward(completion, answer)
+    monkeypatch.setattr(L, "reward_fn", reward)
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path, "--steps", "1")
+    summary = json.load(open(tmp_path / "summary.json"))
+    assert e.value.code == 130 and summary["interrupted"] and summary["eval_accuracy_after"] is None
+    assert os.path.isfile(os.path.join(latest(tmp_path), "trainer_state.pt"))
+
+
+def test_tensorboard_logs_the_metrics(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path / "r", "--steps", "2", "--tensorboard", str(tmp_path / "tb"))
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("reward_mean")] == [1, 2]
+    assert [e.step for e in events.Scalars("eval_accuracy")] == [0, 2]
+    got = [e.value for e in events.Scalars("policy_loss")]
+    assert got == pytest.approx([m["policy_loss"] for m in metrics(tmp_path / "r")])
 
 
 def test_bad_reward_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
@@ -346,9 +452,11 @@ def test_bad_reward_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
 def test_command_line_exit_status():
     """The real process: exit status 2 and one line on stderr, no traceback."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "llm_train.py"), "--model", "tiny", "--data", "/no/such/file.jsonl"],
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "llm_train.py"), "--model", "tiny",
+                        "--data", "/no/such/file.jsonl"],
                        capture_output=True, text=True, env=env, timeout=120)
-    assert p.returncode == 2 and p.stderr.strip() == "llm_train.py: error: data file not found: /no/such/file.jsonl"
+    assert p.returncode == 2
+    assert p.stderr.strip() == "llm_train.py: error: data file not found: /no/such/file.jsonl"
 
 
 # ------------------------------------------------------------------------------------ embedded model
@@ -361,7 +469,8 @@ def test_embedded_smollm2_answers_and_round_trips(tmp_path):
     model.eval()
     eos = L.end_ids(model, tok)
     assert tok.chat_template and tok.convert_tokens_to_ids("<|im_end|>") in eos
-    rows = [{"prompt": "What is 2 + 3? Give the final answer as a number after 'Answer:'", "answer": "5", "where": "t"}]
+    rows = [{"prompt": "What is 2 + 3? Give the final answer as a number after 'Answer:'", "answer": "5",
+             "where": "t"}]
     prompts = L.encode_prompts(rows, tok, 256)
     _, _, resp, rmask = L.generate(model, tok, prompts, eos, cfg, True, CPU)
     text = tok.decode(resp[0][rmask[0].bool()], skip_special_tokens=True)
@@ -380,18 +489,20 @@ def test_data_file_and_separate_critic_model(tmp_path, monkeypatch):
     monkeypatch.setattr(L, "reward_fn", fake_reward)
     data = tmp_path / "gsm.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Tom has {i} apples and buys 2. How many?",
-                                        "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"}) + "\n" for i in range(20)))
+                                        "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"}) + "\n"
+                            for i in range(20)))
     critic_dir = tmp_path / "critic_src"
     model, tok = L.tiny_model(5)
     L.save_model(model, tok, str(critic_dir))
     out = tmp_path / "run"
-    summary = run(out, "--data", str(data), "--steps", "1", "--critic-model", str(critic_dir), "--critic-layers", "1")
+    summary = run(out, "--data", str(data), "--steps", "1", "--critic-model", str(critic_dir),
+                  "--critic-layers", "1")
     assert summary["eval_problems"] == 4  # a fifth of 20 rows held out
     m = metrics(out)[0]
-    assert {s["answer"] for s in m["samples"]} <= {str(i + 2) for i in range(16)}  # trained on the first 16 only
+    assert {s["answer"] for s in m["samples"]} <= {str(i + 2) for i in range(16)}  # trained on the first 16
     from transformers import AutoModel
     backbone = AutoModel.from_pretrained(os.path.join(latest(out), "critic"))
     assert backbone.config.num_hidden_layers == 1
     start = model.model.layers[0].self_attn.q_proj.weight
-    assert not torch.equal(backbone.layers[0].self_attn.q_proj.weight, start)  # trained from the other weights
+    assert not torch.equal(backbone.layers[0].self_attn.q_proj.weight, start)  # trained, from the others
     assert torch.allclose(backbone.layers[0].self_attn.q_proj.weight, start, atol=0.05)
