@@ -21,6 +21,7 @@ import dataclasses
 import importlib.util
 import inspect
 import json
+import logging
 import math
 import os
 import random
@@ -30,6 +31,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 import time
 import urllib.parse
 import zlib
@@ -66,8 +68,14 @@ class Config:
     gamma: float = 1.0  # ppo: GAE discount
     lam: float = 1.0  # ppo: GAE lambda
     task: str = "mul1,add21,add2,mul21"  # built-in arithmetic levels, comma list (see ARITHMETIC)
-    data: str = ""  # training data: .jsonl/.parquet with "prompt" and "answer"; "" = built-in task
-    eval_data: str = ""  # held-out data, same format; "" = built-in task's test split
+    data: str = ""  # training data: .jsonl, .parquet, a save_to_disk folder or a hub id; "" = built-in task
+    eval_data: str = ""  # held-out data, same kinds; "" = built-in test split, or the last rows of --data
+    data_split: str = "train"  # split of a hub dataset or DatasetDict folder given as --data
+    eval_split: str = "test"  # split of a hub dataset or DatasetDict folder given as --eval-data
+    prompt_field: str = "prompt"  # column holding the problem
+    answer_field: str = "answer"  # column of the gold answer: "42", "$\frac12$", "\boxed{2}", "... #### 42"
+    prompt_template: str = ""  # wraps data prompts before the chat template: "{prompt} Think step by step."
+    reward: str = ""  # your reward, FILE.py:FUNCTION or module:function, f(completion, answer) -> [0, 1]
     eval_size: int = 256  # held-out problems for greedy evaluation
     eval_every: int = 0  # also evaluate every N steps (0 = only before and after)
     eval_batch_size: int = 64  # prompts per greedy generation batch
@@ -101,7 +109,13 @@ def fail(msg):
 
 
 # ---------------------------------------------------------------------------------------------- reward
+# The built-in verifier: the completion's final answer against the gold answer. Plain numbers (the built-in
+# task) take a fast exact path; anything else (fractions, radicals, intervals, tuples, equations) goes to
+# math-verify, the checker open-r1 and TRL use, which parses LaTeX with sympy and never evaluates model text.
 NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+MAX_CHARS = 4000  # only the end of a completion is examined, and answers longer than MAX_ANSWER are wrong:
+MAX_ANSWER = 300  # the time a hostile completion can cost stays bounded
+VERIFY_SECONDS = 0.5  # math-verify's budget per call (a SIGALRM timer, so only in the main thread)
 
 
 def last_boxed(text):
@@ -117,36 +131,113 @@ def last_boxed(text):
     return None
 
 
-def normalise(s):
-    """Canonical form of an answer: the first number in s without separators, '+' or padding zeros
-    ("+1,000.0" -> "1000", "-0" -> "0"), else the stripped lower-case text. Pure string work: no eval."""
-    m = NUMBER.search(s)
-    if m is None:
-        return s.strip().strip(".$ ").lower()
-    number = m.group().replace(",", "")
-    sign = "-" if number.startswith("-") else ""
-    whole, _, frac = number.lstrip("+-").partition(".")
-    whole, frac = whole.lstrip("0") or "0", frac.rstrip("0")
-    return ("" if whole == "0" and not frac else sign) + whole + ("." + frac if frac else "")
-
-
 def extract_answer(text):
-    """Final answer of a completion: last \\boxed{}, else what follows the last "Answer:", else the last
-    number."""
+    """The final answer of a completion: the last balanced \\boxed{}, else the line after the last
+    "Answer:", else what follows a GSM8K-style "####", else the last number; "" if there is none."""
+    text = text[-MAX_CHARS:]
     boxed = last_boxed(text)
     if boxed is not None:
-        return boxed
-    k = text.lower().rfind("answer:")
-    if k >= 0:
-        return text[k + len("answer:"):]
+        return boxed.strip()
+    for marker in ("answer:", "####"):
+        k = text.lower().rfind(marker)
+        if k >= 0:
+            return text[k + len(marker):].strip().split("\n")[0].strip().rstrip(".").strip()
     numbers = NUMBER.findall(text)
     return numbers[-1] if numbers else ""
 
 
+def gold_answer(answer):
+    """A gold answer as datasets store it: "42", "$\\frac{1}{2}$", "\\boxed{(1, 2)}", "... #### 42"."""
+    answer = str(answer).strip()
+    if "\\boxed{" in answer:
+        return last_boxed(answer) or answer
+    if "####" in answer:
+        return answer.rsplit("####", 1)[1].strip()
+    return answer[1:-1].strip() if len(answer) > 1 and answer[0] == answer[-1] == "$" else answer
+
+
+def plain_number(s):
+    """Canonical text of s if ALL of it is one number ("+1,000.0" -> "1000", "-0" -> "0"), else None."""
+    s = s.strip().strip("$").strip()
+    if not NUMBER.fullmatch(s):
+        return None
+    whole, _, frac = s.replace(",", "").lstrip("+-").partition(".")
+    whole, frac = whole.lstrip("0") or "0", frac.rstrip("0")
+    sign = "-" if s.startswith("-") and (whole != "0" or frac) else ""
+    return sign + whole + ("." + frac if frac else "")
+
+
+def math_equal(got, gold):
+    """math-verify on two LaTeX answers, within VERIFY_SECONDS (main thread) and MAX_ANSWER characters."""
+    from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # a timeout is a wrong answer, not news
+    if len(got) > MAX_ANSWER or len(gold) > MAX_ANSWER:
+        return False
+
+    def check():  # math-verify's own timeouts are off: our timer covers parse and verify together
+        return verify(parse(f"${gold}$", parsing_timeout=None), parse(f"${got}$", parsing_timeout=None),
+                      timeout_seconds=None)
+    if threading.current_thread() is not threading.main_thread():
+        return check()  # signals reach the main thread only; MAX_ANSWER still bounds the work
+
+    def on_alarm(signum, frame):
+        raise TimeoutException("reward timed out")  # a BaseException: math-verify's own handlers let it pass
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, VERIFY_SECONDS)
+    try:
+        return check()
+    except TimeoutException:
+        return False
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def reward_fn(completion, answer):
-    """Verifiable outcome reward: 1.0 when the completion's final answer equals `answer`, else 0.0."""
-    got = extract_answer(completion)
-    return float(got.strip() != "" and normalise(got) == normalise(str(answer)))
+    """Verifiable outcome reward: 1.0 when the completion's final answer equals the gold answer, else 0.0."""
+    got, gold = extract_answer(completion), gold_answer(answer)
+    if not got or not gold:
+        return 0.0
+    got_number, gold_number = plain_number(got), plain_number(gold)
+    if got_number is not None and gold_number is not None:
+        return float(got_number == gold_number)  # the fast exact path
+    return float(math_equal(got, gold))
+
+
+def load_reward(spec):
+    """--reward FILE.py:FUNCTION or module:function: the user's f(completion, answer) -> float in [0, 1]."""
+    where, _, name = spec.rpartition(":")
+    if not where or not name.isidentifier():
+        fail(f"--reward {spec!r}: expected FILE.py:FUNCTION or module:function")
+    if where.endswith(".py") and not os.path.isfile(where):
+        fail(f"--reward {spec}: no such file {where}")
+    try:
+        if where.endswith(".py"):
+            module_spec = importlib.util.spec_from_file_location("user_reward", where)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except Exception as e:
+        fail(f"--reward {spec}: cannot import {where} ({type(e).__name__}: {first_line(e)})")
+    if not callable(getattr(module, name, None)):
+        fail(f"--reward {spec}: {where} has no function {name!r}")
+    return getattr(module, name)
+
+
+def score_texts(reward, texts, answers):
+    """reward(text, answer) for each pair, checked to be a number in [0, 1]; ValueError(reason) if not."""
+    out = []
+    for text, answer in zip(texts, answers):
+        try:
+            r = float(reward(text, answer))
+        except Exception as e:  # the user's function failed: say how, in one line
+            raise ValueError(f"the reward function raised {type(e).__name__}: {first_line(e)}") from None
+        if not 0.0 <= r <= 1.0:  # NaN fails this too
+            raise ValueError(f"the reward function returned {r}, outside [0, 1]")
+        out.append(r)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -169,33 +260,58 @@ def solve(a, op, b):
     return a + b if op == "+" else a - b if op == "-" else a * b
 
 
-def load_rows(path):
-    """Rows of a .jsonl or .parquet file with "prompt" and "answer"; GSM8K answers ("... #### 42") are cut."""
-    if not os.path.isfile(path):
-        fail(f"data file not found: {path}")
-    if path.endswith(".parquet"):
-        try:
-            import pyarrow.parquet as pq
-        except ImportError:
-            fail(f"reading {path} needs pyarrow (pip install pyarrow), or convert it to .jsonl")
-        raw = [(i + 1, r) for i, r in enumerate(pq.read_table(path).to_pylist())]
-    else:
-        raw = []
+def read_records(path, split):
+    """(where, record) pairs from a .jsonl or .parquet file, a folder written by datasets' save_to_disk, or a
+    hub dataset id. Only the last two need the datasets package."""
+    if path.endswith((".jsonl", ".parquet")) or path.startswith((".", "/", "~")) or os.path.exists(path):
+        if not os.path.exists(path):
+            fail(f"data file not found: {path}")
+    if path.endswith(".jsonl"):
+        records = []
         with open(path, encoding="utf-8") as f:
             for i, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        raw.append((i, json.loads(line)))
+                        records.append((f"{path}:{i}", json.loads(line)))
                     except json.JSONDecodeError as e:
                         fail(f"{path}:{i}: not valid JSON ({e.msg})")
+        return records
+    if path.endswith(".parquet"):
+        if importlib.util.find_spec("pyarrow") is None:
+            fail(f"reading {path} needs pyarrow (pip install pyarrow), or convert it to .jsonl")
+        import pyarrow.parquet as pq
+        return [(f"{path}:{i + 1}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+    if importlib.util.find_spec("datasets") is None:
+        fail(f"reading {path} needs the datasets package (pip install datasets), or convert it to .jsonl")
+    import datasets
+    if not os.path.exists(path):  # a hub id: fail at once rather than after a minute of retries offline
+        check_hub(path, "data")
+    try:
+        if os.path.isdir(path):
+            data = datasets.load_from_disk(path)
+        else:
+            data = datasets.load_dataset(path, split=split)
+    except Exception as e:
+        fail(f"cannot read data {path}: {first_line(e)}")
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            fail(f"{path}: no split {split!r} (it has {', '.join(data)}); see --data-split, --eval-split")
+        data = data[split]
+    return [(f"{path}[{i}]", r) for i, r in enumerate(data)]
+
+
+def load_rows(path, cfg, split):
+    """Rows {prompt, answer, where} from the columns --prompt-field and --answer-field, the prompt wrapped in
+    --prompt-template, the gold answer unwrapped from $...$, \\boxed{} or GSM8K's "... #### 42"."""
     rows = []
-    for i, r in raw:
-        for key in ("prompt", "answer"):
+    for where, r in read_records(path, split):
+        for key in (cfg.prompt_field, cfg.answer_field):
             if not isinstance(r, dict) or r.get(key) is None or str(r[key]).strip() == "":
-                fail(f"{path}:{i}: row has no '{key}'")
-        answer = str(r["answer"])
-        rows.append({"prompt": str(r["prompt"]), "answer": answer.split("####")[-1].strip(),
-                     "where": f"{path}:{i}"})
+                fail(f"{where}: row has no '{key}'")
+        prompt = str(r[cfg.prompt_field])
+        if cfg.prompt_template:
+            prompt = cfg.prompt_template.replace("{prompt}", prompt)
+        rows.append({"prompt": prompt, "answer": gold_answer(r[cfg.answer_field]), "where": where})
     if not rows:
         fail(f"{path}: no rows")
     return rows
@@ -222,9 +338,12 @@ def encode_prompts(rows, tok, max_tokens):
 def load_data(cfg):
     """(train rows, held-out rows), every row checked before any model loads, so bad input fails at once."""
     levels = cfg.task.split(",")
-    train_rows = load_rows(cfg.data) if cfg.data else arithmetic(levels, 5000, cfg.seed, "train")
+    if cfg.data:
+        train_rows = load_rows(cfg.data, cfg, cfg.data_split)
+    else:
+        train_rows = arithmetic(levels, 5000, cfg.seed, "train")
     if cfg.eval_data:
-        return train_rows, load_rows(cfg.eval_data)[:cfg.eval_size]
+        return train_rows, load_rows(cfg.eval_data, cfg, cfg.eval_split)[:cfg.eval_size]
     if not cfg.data:
         return train_rows, arithmetic(levels, cfg.eval_size, cfg.seed, "test")
     n_eval = min(cfg.eval_size, len(train_rows) // 5)  # no held-out file: hold out the last rows (<= a fifth)
@@ -282,11 +401,19 @@ def check_model(name, flag):
         return  # cached: transformers loads it without the network
     if constants.HF_HUB_OFFLINE:
         fail(f"{flag} {name}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set")
+    check_hub(name, flag)
+
+
+def check_hub(name, flag):
+    """Fail in seconds when the hub cannot be reached (the libraries would retry for about a minute)."""
+    from huggingface_hub import constants
+    if constants.HF_HUB_OFFLINE:
+        return  # the libraries look in their caches only, and fail at once
     host = urllib.parse.urlparse(constants.ENDPOINT).hostname
     try:
         socket.create_connection((host, 443), timeout=5).close()
     except OSError as e:
-        fail(f"{flag} {name}: not in the local Hugging Face cache and {host} cannot be reached ({e})")
+        fail(f"{flag} {name}: not in a local cache and {host} cannot be reached ({e})")
 
 
 def from_pretrained(auto_class, name, cfg, flag):
@@ -459,14 +586,14 @@ def response_logprobs(model, ids, mask, n_prompt, temperature, with_entropy=Fals
 
 
 # ---------------------------------------------------------------------------------------- evaluation
-def evaluate(policy, tok, prompts, rows, eos_ids, cfg, device):
-    """Greedy accuracy on the held-out problems."""
+def evaluate(policy, tok, prompts, rows, eos_ids, cfg, device, reward):
+    """Greedy accuracy on the held-out problems: the share of responses with reward 1."""
     correct, lengths = 0, 0
     for i in range(0, len(prompts), cfg.eval_batch_size):
         _, _, resp, rmask = generate(policy, tok, prompts[i:i + cfg.eval_batch_size], eos_ids, cfg, True,
                                      device)
-        for j, text in enumerate(decode(tok, resp, rmask)):
-            correct += reward_fn(text, rows[i + j]["answer"]) == 1.0
+        rewards = score_texts(reward, decode(tok, resp, rmask), [r["answer"] for r in rows[i:i + len(resp)]])
+        correct += sum(r == 1.0 for r in rewards)
         lengths += rmask.sum().item()
     return correct / len(prompts), lengths / len(prompts)
 
@@ -539,6 +666,7 @@ class Run:
     actor_sched: object  # learning-rate schedule: linear warmup, then constant
     critic_sched: object
     eos_ids: list
+    reward: object  # the --reward function, or None for the built-in reward_fn
     data: dict  # train_rows, train_prompts, critic_prompts (critic's tokenizer), eval_rows, eval_prompts
     state: dict  # saved in every checkpoint: step, eval history, generated tokens, wall seconds, ...
     t_start: float  # time.time() when this invocation started
@@ -586,13 +714,12 @@ def score(run, b, m):
     with the steps before this one saved (nothing of this step has been applied)."""
     with timed(m, "time_score"):
         b["texts"] = decode(run.tok, b["resp"], b["rmask"])
-        rows = run.data["train_rows"]
-        rewards = torch.tensor([reward_fn(t, rows[p]["answer"]) for t, p in zip(b["texts"], b["picks"])],
-                               device=run.device)
-    bad = rewards[~(torch.isfinite(rewards) & (rewards >= 0) & (rewards <= 1))]
-    if len(bad):
-        stop(run, f"reward_fn returned {bad[0].item()}, outside [0, 1], at step {m['step']}", save=True)
-    b["rewards"] = rewards
+        answers = [run.data["train_rows"][p]["answer"] for p in b["picks"]]
+        try:
+            rewards = score_texts(run.reward or reward_fn, b["texts"], answers)
+        except ValueError as e:
+            stop(run, f"{e}, at step {m['step']}", save=True)
+    b["rewards"] = torch.tensor(rewards, device=run.device)
 
 
 def compute_advantages(run, b, m):
@@ -671,6 +798,7 @@ def log_step(run, b, m):
         rows = run.data["train_rows"]
         m["samples"] = [dict(prompt=rows[p]["prompt"], answer=rows[p]["answer"], completion=t, reward=r)
                         for p, t, r in list(zip(b["picks"], b["texts"], rewards.tolist()))[:3]]
+    run.state["step"] = step  # the weights are this step's now (an evaluation that fails saves them)
     if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
         m["eval_accuracy"], m["eval_response_length"] = evaluate_run(run)
         run.state["eval_history"].append({"step": step, "eval_accuracy": m["eval_accuracy"]})
@@ -679,7 +807,7 @@ def log_step(run, b, m):
             stop(run, f"non-finite {k} at step {step}; the last checkpoint in {cfg.out} is untouched",
                  save=False)
     write_logs(run, m, b)
-    run.state.update(step=step, wall_seconds=wall(run))
+    run.state["wall_seconds"] = wall(run)
 
 
 def write_logs(run, m, b):
@@ -707,13 +835,18 @@ def log_scalars(run, m):
 
 def evaluate_run(run):
     d = run.data
-    return evaluate(run.policy, run.tok, d["eval_prompts"], d["eval_rows"], run.eos_ids, run.cfg, run.device)
+    try:
+        return evaluate(run.policy, run.tok, d["eval_prompts"], d["eval_rows"], run.eos_ids, run.cfg,
+                        run.device, run.reward or reward_fn)
+    except ValueError as e:  # a bad reward: the steps done so far are saved
+        stop(run, f"{e}, in the evaluation after step {run.state['step']}", save=True)
 
 
 def stop(run, msg, save):
     """Stop mid-run on bad data: one line, exit 2. With save, the steps since the last checkpoint are
     saved first."""
-    run.logs["bar"].close()
+    if run.logs.get("bar"):
+        run.logs["bar"].close()
     if save and run.state["step"] > run.saved_step:
         save_checkpoint(run)
     fail(msg)
@@ -891,6 +1024,8 @@ def check_config(cfg):
               (cfg.max_grad_norm > 0, "--max-grad-norm must be > 0"),
               (0 < cfg.clip_eps < 1, "--clip-eps must be in (0, 1)"),
               (cfg.gamma <= 1 and cfg.lam <= 1, "--gamma and --lam must be <= 1"),
+              (not cfg.prompt_template or "{prompt}" in cfg.prompt_template,
+               "--prompt-template must contain {prompt}, where each problem goes"),
               (all(t in ARITHMETIC for t in cfg.task.split(",")),
                f"--task: unknown level in {cfg.task!r}; known: {', '.join(ARITHMETIC)}"),
               (cfg.minibatches <= n_samples, f"--minibatches {cfg.minibatches} is more than the {n_samples} "
@@ -924,7 +1059,7 @@ def load_models(cfg, ckpt, device):
     return policy, tok, critic, critic_tok
 
 
-def build_run(cfg, saved, t_start):
+def build_run(cfg, saved, reward, t_start):
     """Data, models, prompts, optimisers (AdamW, linear warmup then constant: the paper's constant schedule);
     a resumed run restores its optimisers, schedules, RNG states and counters from the checkpoint."""
     from torch.optim.lr_scheduler import LambdaLR
@@ -947,7 +1082,7 @@ def build_run(cfg, saved, t_start):
     run = Run(cfg=cfg, device=device, policy=policy, tok=tok, critic=critic, critic_tok=critic_tok,
               actor_opt=actor_opt, critic_opt=critic_opt, actor_sched=LambdaLR(actor_opt, warmup),
               critic_sched=LambdaLR(critic_opt, warmup) if critic_opt else None,
-              eos_ids=end_ids(policy, tok), data=data, state=state, t_start=t_start)
+              eos_ids=end_ids(policy, tok), reward=reward, data=data, state=state, t_start=t_start)
     if saved:
         for key in ("actor_opt", "critic_opt", "actor_sched", "critic_sched"):
             if getattr(run, key) is not None:
@@ -1025,7 +1160,7 @@ def finish(run):
 def main(argv=None):
     cfg = parse_config(sys.argv[1:] if argv is None else argv)
     t_start = time.time()
-    # 1. everything that can be checked before a model loads: the checkpoint, model names, --out, data
+    # 1. everything that can be checked before a model loads: checkpoint, model names, --out, reward, data
     saved = read_checkpoint(cfg.resume) if cfg.resume else None
     if saved and saved[1]["state"]["step"] >= cfg.steps:
         fail(f"--resume {cfg.resume}: already at step {saved[1]['state']['step']}; pass a larger --steps")
@@ -1035,12 +1170,13 @@ def main(argv=None):
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         fail("--tensorboard needs the tensorboard package (pip install tensorboard)")
     check_out(cfg)
+    reward = load_reward(cfg.reward) if cfg.reward else None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     # 2. data, models, optimisers (or the checkpoint's), the run folder
-    run = build_run(cfg, saved, t_start)
+    run = build_run(cfg, saved, reward, t_start)
     open_out(run)
     # 3. greedy accuracy before training, then the steps, then the final evaluation and summary.json
     if run.state["eval_accuracy_before"] is None:

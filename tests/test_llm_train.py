@@ -76,13 +76,50 @@ def test_reward_fn(completion, answer, expected):
     assert L.reward_fn(completion, answer) == expected
 
 
-def test_reward_fn_fast_and_safe_on_hostile_input():
+@pytest.mark.parametrize("completion,answer,expected", [
+    # answers as math datasets store them: the first number of a text is not the answer
+    ("\\boxed{1}", "\\frac{1}{2}", 0.0), ("\\boxed{2}", "2^{10}", 0.0), ("\\boxed{3\\sqrt{2}}", "3", 0.0),
+    ("\\boxed{1}", "(1, 2)", 0.0), ("\\boxed{\\frac{1}{2}}", "0.5", 1.0), ("\\boxed{1/2}", "\\frac12", 1.0),
+    ("\\boxed{(1, 2)}", "(1,2)", 1.0), ("\\boxed{[1,2]}", "[1,2]", 1.0), ("\\boxed{2\\pi}", "2\\pi", 1.0),
+    ("Answer: 5 apples", "5", 1.0), ("Answer: -0", "0", 1.0), ("The answer is 42.", "42", 1.0),
+    # negatives
+    ("\\boxed{-3}", "-3", 1.0), ("\\boxed{-3}", "3", 0.0), ("\\boxed{-\\frac{3}{4}}", "-0.75", 1.0),
+    # intervals: the brackets matter
+    ("\\boxed{(0, 1]}", "(0,1]", 1.0), ("\\boxed{(0, 1)}", "(0,1]", 0.0),
+    ("\\boxed{[2, \\infty)}", "[2,\\infty)", 1.0),
+    # tuples: the order matters; a list of solutions does not
+    ("\\boxed{(3, -1)}", "(3,-1)", 1.0), ("\\boxed{(-1, 3)}", "(3,-1)", 0.0),
+    ("\\boxed{-2, 2}", "2, -2", 1.0),
+    # fractions, decimals, radicals, powers
+    ("\\boxed{\\dfrac{2}{4}}", "\\frac{1}{2}", 1.0), ("Answer: 1.5", "\\frac{3}{2}", 1.0),
+    ("\\boxed{0.333}", "\\frac{1}{3}", 0.0), ("\\boxed{\\sqrt{8}}", "2\\sqrt{2}", 1.0),
+    ("\\boxed{\\sqrt{2}}", "2\\sqrt{2}", 0.0), ("Answer: 2^{10}", "1024", 1.0),
+    # percent (math-verify reads 25\\% as 25, the convention of MATH's answers), thousands separators
+    ("\\boxed{25\\%}", "25\\%", 1.0), ("\\boxed{25\\%}", "25", 1.0), ("Answer: 1,234,567", "1234567", 1.0),
+    ("\\boxed{12,345}", "12345", 1.0), ("\\boxed{86400}", "86,400", 1.0),
+    # equations and expressions
+    ("\\boxed{x = 5}", "5", 1.0), ("\\boxed{y = 2x + 1}", "y=2x+1", 1.0),
+    ("\\boxed{x^2+2x+1}", "(x+1)^2", 1.0),
+    ("Answer: 12 or 13", "12", 0.0),
+    # gold answers with $...$, \boxed{} or GSM8K's ####; with two \boxed{}, the LAST is the answer
+    ("\\boxed{\\frac{1}{3}}", "$\\frac{1}{3}$", 1.0), ("The answer is \\boxed{7}.", "\\boxed{7}", 1.0),
+    ("#### 18", "She sells 9 eggs a day: 9 * 2 = 18.\n#### 18", 1.0),
+    ("\\boxed{3} no, wait: \\boxed{4}", "4", 1.0), ("\\boxed{3} no, wait: \\boxed{4}", "3", 0.0),
+])
+def test_reward_fn_on_math_answers(completion, answer, expected):
+    assert L.reward_fn(completion, answer) == expected
+
+
+def test_reward_fn_safe_on_hostile_input():
+    """Bounded work on hostile text (the timing itself is measured by bench/reward_speed.py)."""
     hostile = ["\\boxed{" * 50000 + "1", "{" * 100000, "1" * 200000, "1," * 100000,
-               "-" * 100000 + "Answer:" * 10000, "\\boxed{" + "}" * 100000, "9" * 60 + " " + "9" * 59 + "8"]
+               "-" * 100000 + "Answer:" * 10000, "\\boxed{" + "}" * 100000, "9" * 60 + " " + "9" * 59 + "8",
+               "\\boxed{" + "(" * 140 + "1" + ")" * 140 + "}", "\\boxed{10^{10^{10}}}",
+               "\\boxed{9^{9^{9^{9^{9}}}}}"]
     t0 = time.time()
     for text in hostile:
-        assert L.reward_fn(text, "1") in (0.0, 1.0)
-    assert time.time() - t0 < 2.0
+        assert L.reward_fn(text, "\\frac{1}{2}") == 0.0
+    assert time.time() - t0 < 30  # a hang, not a speed target: 10 calls of at most VERIFY_SECONDS each
     assert L.reward_fn("9" * 60, "9" * 59 + "8") == 0.0  # long numbers compared exactly, not as floats
     assert not os.path.exists("/tmp/pwned_sppo")
 
@@ -90,14 +127,70 @@ def test_reward_fn_fast_and_safe_on_hostile_input():
 def test_load_rows_gsm8k_and_errors(tmp_path, capsys):
     good = tmp_path / "d.jsonl"
     good.write_text('{"prompt": "p1", "answer": "step 1\\n#### 1,234"}\n\n{"prompt": "p2", "answer": 5}\n')
-    rows = L.load_rows(str(good))
+    rows = L.load_rows(str(good), L.Config(), "train")
     assert [r["answer"] for r in rows] == ["1,234", "5"]
     assert L.reward_fn("Answer: 1234", rows[0]["answer"]) == 1.0
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p1", "answer": "1"}\n{"prompt": "p2"}\n')
     with pytest.raises(SystemExit) as e:
-        L.load_rows(str(bad))
+        L.load_rows(str(bad), L.Config(), "train")
     assert e.value.code == 2 and f"{bad}:2: row has no 'answer'" in capsys.readouterr().err
+
+
+EXAMPLE = os.path.join(ROOT, "examples", "math_small.jsonl")
+
+
+def test_example_data_fields_and_prompt_template():
+    cfg = L.Config(prompt_field="problem", answer_field="solution",
+                   prompt_template="{prompt} Put it in \\boxed{}.")
+    rows = L.load_rows(EXAMPLE, cfg, "train")
+    assert len(rows) == 15 and rows[0]["prompt"].endswith("Simplify. Put it in \\boxed{}.")
+    assert [r["answer"] for r in rows[:3]] == ["\\frac{1}{2}", "1024", "3\\sqrt{2}"]  # unwrapped
+    assert rows[6]["answer"] == "7"  # GSM8K's "... #### 7"
+    assert L.reward_fn("so \\boxed{\\sqrt{18}}", rows[2]["answer"]) == 1.0
+    assert L.arithmetic(["add1"], 1, 0, "train")[0]["prompt"].startswith("What is")  # built-in task unchanged
+
+
+def test_saved_dataset_and_plugin_reward(tmp_path, monkeypatch, capsys):
+    datasets = pytest.importorskip("datasets")
+    rows = [json.loads(line) for line in open(EXAMPLE)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:12]),
+                          "test": datasets.Dataset.from_list(rows[12:])}).save_to_disk(str(tmp_path / "ds"))
+    monkeypatch.syspath_prepend(ROOT)  # examples/reward.py imports llm_train
+    args = ["--data", str(tmp_path / "ds"), "--eval-data", str(tmp_path / "ds"), "--prompt-field", "problem",
+            "--answer-field", "solution", "--prompt-template", "{prompt} Answer in \\boxed{}.",
+            "--reward", os.path.join(ROOT, "examples", "reward.py") + ":boxed_only", "--steps", "1"]
+    summary = run(tmp_path / "r", *args)
+    assert summary["eval_problems"] == 3 and metrics(tmp_path / "r")[0]["samples"]
+    sample = metrics(tmp_path / "r")[0]["samples"][0]
+    assert sample["prompt"].endswith("Answer in \\boxed{}.")
+    assert sample["answer"] in [L.gold_answer(r["solution"]) for r in rows[:12]]
+    capsys.readouterr()
+    bad([*TINY, *args[:10], "--data-split", "validation", "--out", str(tmp_path / "x")], capsys,
+        "no split 'validation' (it has train, test)")
+
+
+def raising_reward(completion, answer):
+    raise RuntimeError("my reward broke")
+
+
+def test_plugin_reward_errors(tmp_path, monkeypatch, capsys):
+    out = ["--out", str(tmp_path / "o")]
+    here = os.path.abspath(__file__)
+    bad([*TINY, "--reward", str(tmp_path / "none.py") + ":f", *out], capsys, "none.py:f: no such file")
+    bad([*TINY, "--reward", here + ":no_such_function", *out], capsys, "has no function 'no_such_function'")
+    bad([*TINY, "--reward", "no_such_module_xyz:f", *out], capsys, "cannot import no_such_module_xyz")
+    bad([*TINY, "--reward", "justaname", *out], capsys, "expected FILE.py:FUNCTION or module:function")
+    assert not os.path.exists(tmp_path / "o")
+    # a reward that raises mid-run: one line, exit 2, the steps already done are saved
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path / "r", "--steps", "1")
+    capsys.readouterr()
+    bad(["--resume", str(tmp_path / "r"), "--steps", "3", "--reward", here + ":raising_reward"], capsys,
+        "the reward function raised RuntimeError: my reward broke", whole=False)
+    assert os.path.basename(latest(tmp_path / "r")) == "checkpoint-000001"
+    bad([*TINY, "--prompt-template", "no placeholder", *out], capsys,
+        "--prompt-template must contain {prompt}")
 
 
 def test_arithmetic_splits_disjoint_and_seeded():
