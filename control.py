@@ -12,10 +12,16 @@ All three use the PPO clipped loss from sppo.py; this file only collects episode
 """
 import argparse
 import csv
+import inspect
 import json
+import math
 import os
+import re
+import shutil
+import signal
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 import gymnasium as gym
@@ -31,7 +37,7 @@ import sppo
 
 @dataclass
 class Config:
-    env: str = "CartPole-v1"  # gymnasium id, one of ENVS below
+    env: str = "CartPole-v1"  # gymnasium id; ENVS (in control.py) holds the defaults of each env
     algo: str = "sppo"  # sppo | ppo | grpo
     seed: int = 1  # seeds torch, the episode seeds and hence the whole run
     total_steps: int = 1_000_000  # env-step budget (steps of real episodes, summed)
@@ -82,6 +88,10 @@ ENVS = {
         config=dict(total_steps=1_000_000, lr=3e-4)),
 }
 EVAL_SEED0 = 10**9  # training seeds are drawn below this, evaluation seeds start here
+ALGOS = ("sppo", "ppo", "grpo")
+RUN_FILES = ("policy.pt", "metrics.csv", "summary.json")  # what a run writes into its --out folder
+EVAL_KEYS = ("success_rate", "mean_outcome", "mean_return", "mean_length")  # what evaluate() returns
+CHECKPOINT_KEYS = ("config", "agent", "actor_opt", "critic_opt", "env_steps", "update")
 
 
 def fail(msg):
@@ -117,7 +127,8 @@ def start_episodes(envs, which, seeds, obs=None):
     if obs is None:  # first start: every sub-env
         return envs.reset(seed=[int(s) for s in seeds])[0]
     per_env = iter(seeds)
-    return envs.reset(seed=[int(next(per_env)) if w else None for w in which], options={"reset_mask": which})[0]
+    per_sub_env = [int(next(per_env)) if w else None for w in which]
+    return envs.reset(seed=per_sub_env, options={"reset_mask": which})[0]
 
 
 CARTPOLE = gym.make("CartPole-v1").unwrapped  # computes the seeded start states of the batched CartPole
@@ -151,7 +162,8 @@ def rollout(envs, agent, seeds):
             logp = agent.log_prob(dist, action)
         if "actions" not in buf:
             buf["actions"] = torch.zeros((max_t, n, *action.shape[1:]), dtype=action.dtype)
-        buf["obs"][t, j], buf["actions"][t, j], buf["logp"][t, j], buf["mask"][t, j] = obs_t[on], action[on], logp[on], 1
+        buf["obs"][t, j], buf["actions"][t, j] = obs_t[on], action[on]
+        buf["logp"][t, j], buf["mask"][t, j] = logp[on], 1
         a = action.numpy()
         if agent.continuous:  # the Gaussian is unbounded; the env gets the action clipped to its box
             a = np.clip(a, envs.single_action_space.low, envs.single_action_space.high)
@@ -181,7 +193,8 @@ def rollout(envs, agent, seeds):
 # ---------------------------------------------------------------------------------------------------
 def mlp(n_in, n_out, hidden, out_std):
     """Two tanh hidden layers, orthogonal init (as CleanRL's PPO)."""
-    layers = [nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, n_out)]
+    layers = [nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+              nn.Linear(hidden, n_out)]
     for layer, std in zip(layers[::2], (2**0.5, 2**0.5, out_std)):
         nn.init.orthogonal_(layer.weight, std)
         nn.init.zeros_(layer.bias)
@@ -278,7 +291,8 @@ def update(cfg, agent, actor_opt, critic_opt, steps, outcome, first=False):
             entropy = agent.entropy(dist).mean()
             step(actor_opt, loss - cfg.ent_coef * entropy, cfg.max_grad_norm)
             if cfg.algo == "ppo":
-                vloss = sppo.value_loss(agent.value(flat["obs"][idx]), flat["returns"][idx], ones.expand_as(logp))
+                vloss = sppo.value_loss(agent.value(flat["obs"][idx]), flat["returns"][idx],
+                                        ones.expand_as(logp))
                 step(critic_opt, vloss, cfg.max_grad_norm)
                 stats["critic_loss"] = vloss.item()
     stats.update(pstats, entropy=entropy.item())
@@ -309,7 +323,8 @@ def evaluate(cfg, agent, episodes):
         _, ep = rollout(envs, agent, np.arange(EVAL_SEED0, EVAL_SEED0 + episodes))
     envs.close()
     spec = ENVS[cfg.env]
-    return {"success_rate": float(np.mean(spec["success"](ep))), "mean_outcome": float(np.mean(spec["outcome"](ep))),
+    return {"success_rate": float(np.mean(spec["success"](ep))),
+            "mean_outcome": float(np.mean(spec["outcome"](ep))),
             "mean_return": float(np.mean(ep["ret"])), "mean_length": float(np.mean(ep["length"]))}
 
 
@@ -331,97 +346,267 @@ def build(cfg):
     return agent, actor_opt, critic_opt
 
 
-def load_checkpoint(run_dir):
-    path = os.path.join(run_dir, "policy.pt")
-    if not os.path.isfile(path):
-        fail(f"no checkpoint at {path}")
-    ckpt = torch.load(path, weights_only=True)
-    cfg = Config(**ckpt["config"])
-    agent, actor_opt, critic_opt = build(cfg)
+def restore(ckpt, agent, actor_opt, critic_opt):
     agent.load_state_dict(ckpt["agent"])
     actor_opt.load_state_dict(ckpt["actor_opt"])
     critic_opt.load_state_dict(ckpt["critic_opt"])
+
+
+def load_checkpoint(run_dir):
+    """The run saved in run_dir: (config, agent, actor_opt, critic_opt, checkpoint dict).
+
+    A file that is not a checkpoint of this script gives one line and exit 2: torch's own messages run to
+    pages (and suggest weights_only=False, which would run whatever code the file holds).
+    """
+    path = os.path.join(run_dir, "policy.pt")
+    if not os.path.isfile(path):
+        fail(f"no checkpoint at {path}")
+    try:
+        return read_checkpoint(path)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on a bad file
+        reason = str(e).strip().split("\n")[0].split(". ")[0][:120] or type(e).__name__  # first sentence
+        fail(f"not a checkpoint written by control.py: {path} ({reason})")
+
+
+def read_checkpoint(path):
+    with warnings.catch_warnings():  # torch warns on stderr about some pickle protocols
+        warnings.simplefilter("ignore")
+        ckpt = torch.load(path, weights_only=True)
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else CHECKPOINT_KEYS
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} in it")
+    cfg = Config(**ckpt["config"])
+    if config_error(cfg):
+        raise ValueError(f"its config: {config_error(cfg)}")
+    agent, actor_opt, critic_opt = build(cfg)
+    restore(ckpt, agent, actor_opt, critic_opt)
     return cfg, agent, actor_opt, critic_opt, ckpt
 
 
 # ---------------------------------------------------------------------------------------------------
-# Command line
+# Command line: every check runs before anything is created on disk
 # ---------------------------------------------------------------------------------------------------
+def flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def flag_help(f, comment):
+    """The field's comment and default, and the envs whose ENVS[env]["config"] sets another default."""
+    others = [f"{spec['config'][f.name]!r} for {env}" for env, spec in ENVS.items()
+              if spec["config"].get(f.name, f.default) != f.default]
+    return f"{comment} (default: {', '.join([repr(f.default)] + others)})".replace("%", "%%")
+
+
 def parse_args(argv=None):
-    """Returns (given flags as a dict, the --eval / --resume folders)."""
+    """Returns (the Config flags given, as a dict; the other flags: eval, resume, overwrite, tensorboard)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.error = fail  # one line, exit 2, for argparse's own errors too
+    comments = dict(re.findall(r"^    (\w+): .*?  # (.*)$", inspect.getsource(Config), re.M))
     for f in fields(Config):  # SUPPRESS: only the flags given appear, so env defaults can fill the rest
-        p.add_argument("--" + f.name.replace("_", "-"), type=f.type, default=argparse.SUPPRESS)
-    p.add_argument("--eval", metavar="DIR", help="re-evaluate the policy saved in DIR and exit")
-    p.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR (up to --total-steps)")
+        choices = {"env": list(ENVS), "algo": ALGOS}.get(f.name)
+        p.add_argument(flag(f.name), type=f.type, default=argparse.SUPPRESS, choices=choices,
+                       help=flag_help(f, comments[f.name]))
+    either = p.add_mutually_exclusive_group()
+    either.add_argument("--eval", metavar="DIR",
+                        help="re-evaluate the policy saved in DIR and exit; writes nothing")
+    either.add_argument("--resume", metavar="DIR",
+                        help="continue the run saved in DIR up to --total-steps, in DIR; with --out OTHER, "
+                        "in a copy of it in OTHER (DIR is left untouched)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let this run replace the run already in --out (its policy.pt, metrics.csv, "
+                   "summary.json are deleted); without it such an --out is refused")
+    p.add_argument("--tensorboard", metavar="DIR", help="also log the scalars of metrics.csv and the final "
+                   "evaluation to TensorBoard event files in DIR (needs: pip install tensorboard)")
     given = vars(p.parse_args(argv))
-    return given, {k: given.pop(k, None) for k in ("eval", "resume")}
+    return given, {k: given.pop(k, None) for k in ("eval", "resume", "overwrite", "tensorboard")}
+
+
+POSITIVE = (lambda v: v > 0, "positive")
+AT_LEAST_0 = (lambda v: v >= 0, ">= 0")
+UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
+RULES = {  # what each setting must be beyond its type (and, for a float, being finite)
+    "env": (lambda v: v in ENVS, f"one of {', '.join(ENVS)}"),
+    "algo": (lambda v: v in ALGOS, f"one of {', '.join(ALGOS)}"),
+    "seed": (lambda v: 0 <= v < 2**64, "in [0, 2**64)"),  # torch.manual_seed takes no more
+    "total_steps": POSITIVE, "num_envs": POSITIVE, "episodes": POSITIVE, "group_size": POSITIVE,
+    "lr": POSITIVE, "critic_lr": POSITIVE, "update_epochs": POSITIVE, "num_minibatches": POSITIVE,
+    "clip_eps": (lambda v: 0 < v < 1, "in (0, 1)"), "gamma": UNIT, "lam": UNIT, "max_grad_norm": POSITIVE,
+    "ent_coef": AT_LEAST_0, "hidden": POSITIVE, "eval_episodes": POSITIVE, "eval_every": AT_LEAST_0,
+    "threads": POSITIVE,
+}
+
+
+def batch_episodes(cfg):
+    """Episodes per update: grpo takes whole groups of group_size episodes."""
+    if cfg.algo != "grpo":
+        return cfg.episodes
+    return max(cfg.group_size, cfg.episodes // cfg.group_size * cfg.group_size)
+
+
+def config_error(cfg):
+    """The first impossible setting of cfg, as a message for the user; None if there is none."""
+    for f in fields(Config):
+        value = getattr(cfg, f.name)
+        if not isinstance(value, f.type) and not (f.type is float and type(value) is int):
+            return f"{flag(f.name)} must be of type {f.type.__name__}, got {value!r}"
+        if f.type is float and not math.isfinite(value):  # nan passes no comparison and fails nothing below
+            return f"{flag(f.name)} must be a finite number, got {value}"
+        test, what = RULES.get(f.name, (lambda v: True, ""))
+        if not test(value):
+            return f"{flag(f.name)} must be {what}, got {value}"
+    if cfg.algo == "grpo" and cfg.group_size < 2:
+        return f"--group-size must be at least 2 for grpo, got {cfg.group_size}"
+    if cfg.num_minibatches > batch_episodes(cfg):  # every episode has a step, so no minibatch is empty
+        return f"--num-minibatches must be at most the episodes per update ({batch_episodes(cfg)})"
+    return None
 
 
 def make_config(given):
-    """Config defaults, then the env's defaults, then the flags given; refuse impossible settings."""
+    """Config defaults, then the env's defaults, then the flags given; refuse impossible settings.
+
+    Creates nothing on disk: the run folder is made only once every check has passed (start_run_folder).
+    """
     env = given.get("env", Config.env)
-    if env not in ENVS:
-        fail(f"unknown env {env!r}; choose one of {', '.join(ENVS)}")
-    cfg = Config(**{**ENVS[env]["config"], **given})
-    if cfg.algo not in ("sppo", "ppo", "grpo"):
-        fail(f"unknown algo {cfg.algo!r}; choose sppo, ppo or grpo")
-    for name in ("total_steps", "num_envs", "episodes", "lr", "critic_lr"):
-        if getattr(cfg, name) <= 0:
-            fail(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    if cfg.algo == "grpo":
-        if cfg.group_size < 2:
-            fail(f"--group-size must be at least 2 for grpo, got {cfg.group_size}")
-        cfg.episodes = max(cfg.group_size, cfg.episodes // cfg.group_size * cfg.group_size)
-    if cfg.update_epochs < 1 or cfg.num_minibatches < 1 or cfg.eval_episodes < 1 or cfg.threads < 1:
-        fail("--update-epochs, --num-minibatches, --eval-episodes and --threads must be at least 1")
-    if not (0 < cfg.clip_eps < 1 and 0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1):
-        fail("need 0 < --clip-eps < 1 and 0 <= --gamma, --lam <= 1")
+    cfg = Config(**{**(ENVS[env]["config"] if env in ENVS else {}), **given})
+    if config_error(cfg):
+        fail(config_error(cfg))
+    cfg.episodes = batch_episodes(cfg)
     cfg.out = cfg.out or os.path.join("runs", f"{cfg.env}_{cfg.algo}_{cfg.seed}")
-    try:
-        os.makedirs(cfg.out, exist_ok=True)
-        with open(os.path.join(cfg.out, ".write_test"), "w"):
-            pass
-        os.remove(os.path.join(cfg.out, ".write_test"))
-    except OSError as e:
-        fail(f"cannot write to --out {cfg.out}: {e.strerror}")
     return cfg
 
 
-def train(cfg, resume=None):
+def refuse_contradictions(given, saved, run_dir, names, why):
+    """A flag given with --eval or --resume that contradicts the saved run is refused, not ignored."""
+    for name in names:
+        if name in given and given[name] != getattr(saved, name):
+            fail(f"{flag(name)} {given[name]} contradicts the run in {run_dir} "
+                 f"({name} {getattr(saved, name)}); {why}")
+
+
+def folder_error(path):
+    """Why a folder could not be made or written at path, or None. Creates nothing."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return "it is a file"
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):  # the nearest existing folder is where the new ones would be made
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is a file"
+    return None if os.access(parent, os.W_OK | os.X_OK) else f"{parent} is not writable"
+
+
+def check_run_folders(cfg, extra):
+    """The folders must be writable, and a run must not land on an earlier run (its results would be lost)
+    unless it continues that run in place (--resume DIR) or --overwrite says so."""
+    for name, path in (("--out", cfg.out), ("--tensorboard", extra["tensorboard"])):
+        if path and folder_error(path):
+            fail(f"cannot write to {name} {path}: {folder_error(path)}")
+    resume = extra["resume"]
+    in_place = resume and os.path.realpath(resume) == os.path.realpath(cfg.out)
+    held = [name for name in RUN_FILES if os.path.exists(os.path.join(cfg.out, name))]
+    if held and not in_place and not extra["overwrite"]:
+        fail(f"--out {cfg.out} holds an earlier run ({', '.join(held)}): "
+             f"continue it with --resume {cfg.out}, or replace it with --overwrite")
+    if extra["tensorboard"]:
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (imports the tensorboard package)
+        except ImportError:
+            fail("--tensorboard needs the tensorboard package: pip install tensorboard")
+
+
+def start_run_folder(out, resume=None):
+    """Make --out, now that every check has passed. A new run clears an earlier run there (--overwrite);
+    a branch (--resume DIR --out OTHER) starts from a copy of DIR's checkpoint and metrics."""
+    if resume and os.path.realpath(resume) == os.path.realpath(out):
+        return  # continuing in place: the run's files are appended to and replaced as it goes
+    os.makedirs(out, exist_ok=True)
+    for name in RUN_FILES:
+        if os.path.exists(os.path.join(out, name)):
+            os.remove(os.path.join(out, name))
+        # the branch starts from DIR's checkpoint and metrics; it writes its own summary when it ends
+        if resume and name != "summary.json" and os.path.exists(os.path.join(resume, name)):
+            shutil.copyfile(os.path.join(resume, name), os.path.join(out, name))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------
+METRICS = ["update", "env_steps", "wall_seconds", "mean_outcome", "success_rate", "mean_return",
+           "critic_loss", "clip_frac", "approx_kl", "entropy", "eval_success_rate", "eval_mean_return"]
+
+
+def open_metrics(path, append):
+    """metrics.csv: a resumed run appends to its file (a branch to its copy), a new run starts one."""
+    write_header = not (append and os.path.exists(path))
+    f = open(path, "a" if append else "w", newline="")
+    writer = csv.DictWriter(f, fieldnames=METRICS)
+    if write_header:
+        writer.writeheader()
+    return f, writer
+
+
+def open_tensorboard(tb_dir):
+    if not tb_dir:
+        return None
+    from torch.utils.tensorboard import SummaryWriter  # optional package, checked in check_run_folders
+    return SummaryWriter(tb_dir)
+
+
+def log_scalars(tb, values, step):
+    """TensorBoard, if on: each number of a metrics.csv row (or of the final evaluation) at env step step."""
+    if tb is not None:
+        for name, value in values.items():
+            tb.add_scalar(name, value, step)
+
+
+def write_summary(cfg, env_steps, update_idx, wall_seconds, train_seconds, result):
+    """summary.json, written atomically. result None (an interrupted run): evaluation fields null, a note."""
+    note = f"interrupted before the final evaluation; python control.py --resume {cfg.out} completes the run"
+    summary = dict(env=cfg.env, algo=cfg.algo, seed=cfg.seed, env_steps=env_steps, updates=update_idx,
+                   wall_seconds=round(wall_seconds, 2), train_seconds=round(train_seconds, 2),
+                   steps_per_second=round(env_steps / max(train_seconds, 1e-9), 1),
+                   eval_episodes=cfg.eval_episodes, **(result or dict.fromkeys(EVAL_KEYS)),
+                   **({} if result else {"note": note}), config=asdict(cfg))
+    path = os.path.join(cfg.out, "summary.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(path + ".tmp", path)
+    return summary
+
+
+def train(cfg, ckpt=None, tb_dir=None):
+    """Train into cfg.out (from the checkpoint dict ckpt, if given): policy.pt, metrics.csv, summary.json.
+
+    Ctrl-C during training or the final evaluation saves the checkpoint and summary.json (evaluation fields
+    null, a note), then exits 130.
+    """
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    if resume:
-        _, agent, actor_opt, critic_opt, ckpt = load_checkpoint(resume)
+    agent, actor_opt, critic_opt = build(cfg)  # built even on resume: the same use of the RNG as a new run
+    env_steps, update_idx = 0, 0
+    if ckpt:
+        restore(ckpt, agent, actor_opt, critic_opt)
         env_steps, update_idx = ckpt["env_steps"], ckpt["update"]
-    else:
-        agent, actor_opt, critic_opt = build(cfg)
-        env_steps, update_idx = 0, 0
     seed_rng = np.random.default_rng([cfg.seed, update_idx])  # episode seeds, all below EVAL_SEED0
     envs = make_envs(cfg.env, cfg.num_envs)
     spec = ENVS[cfg.env]
     ckpt_path = os.path.join(cfg.out, "policy.pt")
-    metrics_path = os.path.join(cfg.out, "metrics.csv")
-    columns = ["update", "env_steps", "wall_seconds", "mean_outcome", "success_rate", "mean_return", "critic_loss",
-               "clip_frac", "approx_kl", "entropy", "eval_success_rate", "eval_mean_return"]
-    write_header = not (resume and os.path.exists(metrics_path))
-    metrics_file = open(metrics_path, "a" if resume else "w", newline="")
-    writer = csv.DictWriter(metrics_file, fieldnames=columns)
-    if write_header:
-        writer.writeheader()
-    start, next_eval = time.time(), cfg.eval_every
+    metrics_file, writer = open_metrics(os.path.join(cfg.out, "metrics.csv"), append=ckpt is not None)
+    tb = open_tensorboard(tb_dir)
+    start, next_eval, train_seconds = time.time(), cfg.eval_every, None
     bar = tqdm(total=cfg.total_steps, initial=min(env_steps, cfg.total_steps), desc=f"{cfg.env} {cfg.algo}",
                unit="step", dynamic_ncols=True)
     try:
         while env_steps < cfg.total_steps:
             if cfg.algo == "grpo":  # group_size episodes per seed, consecutive
-                seeds = np.repeat(seed_rng.integers(0, EVAL_SEED0, cfg.episodes // cfg.group_size), cfg.group_size)
+                groups = seed_rng.integers(0, EVAL_SEED0, cfg.episodes // cfg.group_size)
+                seeds = np.repeat(groups, cfg.group_size)
             else:
                 seeds = seed_rng.integers(0, EVAL_SEED0, cfg.episodes)
             steps, ep = rollout(envs, agent, seeds)
             outcome = spec["outcome"](ep).astype(np.float64)
-            if not np.all(np.isfinite(outcome)) or outcome.min() < 0 or outcome.max() > 1:  # keep what was learnt
+            if not np.all(np.isfinite(outcome)) or outcome.min() < 0 or outcome.max() > 1:
+                # a broken outcome function: keep what was learnt, then stop
                 save_checkpoint(ckpt_path, cfg, agent, actor_opt, critic_opt, env_steps, update_idx)
                 fail(f"outcome outside [0, 1] or NaN in {cfg.env}: {outcome}; saved {ckpt_path}")
             stats = update(cfg, agent, actor_opt, critic_opt, steps, outcome, first=update_idx == 0)
@@ -438,45 +623,79 @@ def train(cfg, resume=None):
                 next_eval += cfg.eval_every
             writer.writerow(row)
             metrics_file.flush()
+            log_scalars(tb, {k: v for k, v in row.items() if k != "env_steps"}, env_steps)
             bar.update(min(new_steps, cfg.total_steps - bar.n))
             bar.set_postfix(outcome=f"{row['mean_outcome']:.3f}", success=f"{row['success_rate']:.2f}")
-    except KeyboardInterrupt:
+        bar.close()
+        train_seconds = time.time() - start
         save_checkpoint(ckpt_path, cfg, agent, actor_opt, critic_opt, env_steps, update_idx)
-        print(f"\ninterrupted: saved {ckpt_path} at {env_steps} env steps; continue with --resume {cfg.out}",
-              file=sys.stderr)
+        result = evaluate(cfg, agent, cfg.eval_episodes)
+        log_scalars(tb, {f"final_{k}": v for k, v in result.items()}, env_steps)
+    except KeyboardInterrupt:  # keep what was learnt, and say how to go on
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the saving short
+        bar.close()
+        save_checkpoint(ckpt_path, cfg, agent, actor_opt, critic_opt, env_steps, update_idx)
+        wall_seconds = time.time() - start
+        write_summary(cfg, env_steps, update_idx, wall_seconds, train_seconds or wall_seconds, None)
+        print(f"interrupted: saved {ckpt_path} and summary.json at {env_steps} env steps; "
+              f"continue with --resume {cfg.out}", file=sys.stderr)
         sys.exit(130)
     finally:
         bar.close()
         metrics_file.close()
         envs.close()
-    train_seconds = time.time() - start
-    save_checkpoint(ckpt_path, cfg, agent, actor_opt, critic_opt, env_steps, update_idx)
+        if tb is not None:
+            tb.close()
+    return write_summary(cfg, env_steps, update_idx, time.time() - start, train_seconds, result)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------------
+def evaluate_saved(run_dir, given, extra):
+    """--eval: the saved policy on the evaluation seeds, printed as JSON. Writes nothing."""
+    if extra["overwrite"] or extra["tensorboard"]:
+        fail("--eval writes nothing: --overwrite and --tensorboard are for training")
+    saved, agent, *_ = load_checkpoint(run_dir)
+    free = ("eval_episodes", "num_envs", "threads")
+    refuse_contradictions(given, saved, run_dir, [n for n in given if n not in free],
+                          "--eval takes only --eval-episodes, --num-envs, --threads")
+    cfg = make_config({**asdict(saved), **given})
+    torch.set_num_threads(cfg.threads)
     result = evaluate(cfg, agent, cfg.eval_episodes)
-    summary = dict(env=cfg.env, algo=cfg.algo, seed=cfg.seed, env_steps=env_steps, updates=update_idx,
-                   wall_seconds=round(time.time() - start, 2), train_seconds=round(train_seconds, 2),
-                   steps_per_second=round(env_steps / train_seconds, 1), eval_episodes=cfg.eval_episodes,
-                   **result, config=asdict(cfg))
-    with open(os.path.join(cfg.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    return summary
+    print(json.dumps(dict(env=cfg.env, algo=cfg.algo, seed=cfg.seed, eval_episodes=cfg.eval_episodes,
+                          **result)))
+    return result
 
 
 def main(argv=None):
     given, extra = parse_args(argv)
-    if extra["eval"]:  # the saved config, with --eval-episodes if given
-        saved, agent, *_ = load_checkpoint(extra["eval"])
-        cfg = make_config({**asdict(saved), "out": extra["eval"], **given})
-        torch.set_num_threads(cfg.threads)
-        result = evaluate(cfg, agent, cfg.eval_episodes)
-        print(json.dumps(dict(env=cfg.env, algo=cfg.algo, seed=cfg.seed, eval_episodes=cfg.eval_episodes, **result)))
-        return result
+    if extra["eval"]:
+        return evaluate_saved(extra["eval"], given, extra)
+    ckpt = None
     if extra["resume"]:  # the saved config; flags given (such as a larger --total-steps) override it
-        given = {**asdict(load_checkpoint(extra["resume"])[0]), **given, "out": extra["resume"]}
+        saved, *_, ckpt = load_checkpoint(extra["resume"])
+        refuse_contradictions(given, saved, extra["resume"], ("env", "algo", "hidden"),
+                              "a resumed run keeps its env, algo and hidden")
+        given = {**asdict(saved), **given, "out": given.get("out") or extra["resume"]}
     cfg = make_config(given)
-    summary = train(cfg, resume=extra["resume"])
+    check_run_folders(cfg, extra)
+    try:
+        start_run_folder(cfg.out, extra["resume"])
+    except OSError as e:
+        fail(f"cannot write to --out {cfg.out}: {e}")
+    where = f"writing {cfg.out} ({', '.join(RUN_FILES)})"
+    where += f", resuming {extra['resume']} at {ckpt['env_steps']} env steps" if ckpt else ""
+    where += f", TensorBoard events in {extra['tensorboard']}" if extra["tensorboard"] else ""
+    print(where, file=sys.stderr)
+    summary = train(cfg, ckpt, extra["tensorboard"])
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # before training started, or during --eval: nothing to save
+        print("control.py: interrupted", file=sys.stderr)
+        sys.exit(130)

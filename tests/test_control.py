@@ -2,8 +2,12 @@
 import csv
 import json
 import os
+import pickle
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +16,8 @@ import torch
 import control
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONTROL = os.path.join(ROOT, "control.py")
+TINY = ["--total-steps", "1", "--num-envs", "2", "--episodes", "4", "--eval-episodes", "2"]  # one update
 
 
 def rows(run_dir):
@@ -29,8 +35,8 @@ def test_cartpole_sppo_improves_within_budget(tmp_path):
 @pytest.mark.parametrize("algo", ["sppo", "ppo", "grpo"])
 @pytest.mark.parametrize("env", list(control.ENVS))
 def test_one_update_each_algo_each_env(tmp_path, env, algo):
-    args = ["--env", env, "--algo", algo, "--total-steps", "1", "--num-envs", "2", "--episodes", "4", "--group-size", "2",
-            "--eval-episodes", "2", "--out", str(tmp_path)]
+    args = ["--env", env, "--algo", algo, "--total-steps", "1", "--num-envs", "2", "--episodes", "4",
+            "--group-size", "2", "--eval-episodes", "2", "--out", str(tmp_path)]
     summary = control.main(args)
     (row,) = rows(tmp_path)
     assert int(row["env_steps"]) == summary["env_steps"] > 0
@@ -39,7 +45,8 @@ def test_one_update_each_algo_each_env(tmp_path, env, algo):
         assert np.isfinite(float(row[key])), key
     assert (algo == "grpo") == (row["critic_loss"] == "nan")  # grpo has no critic
     saved = json.load(open(tmp_path / "summary.json"))
-    for key in ("env", "algo", "seed", "env_steps", "wall_seconds", "success_rate", "mean_outcome", "mean_return"):
+    for key in ("env", "algo", "seed", "env_steps", "wall_seconds", "success_rate", "mean_outcome",
+                "mean_return"):
         assert key in saved
     assert saved["env"] == env and saved["algo"] == algo
     # the update changed the actor (a first minibatch has ratio 1, so a nonzero advantage moves it)
@@ -70,7 +77,8 @@ def test_saved_policy_reloads_and_acts_identically(tmp_path):
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["mean_return"] == summary["mean_return"] and result["success_rate"] == summary["success_rate"]
+    assert result["mean_return"] == summary["mean_return"]
+    assert result["success_rate"] == summary["success_rate"]
 
 
 def test_resume_continues_from_the_checkpoint(tmp_path):
@@ -81,23 +89,198 @@ def test_resume_continues_from_the_checkpoint(tmp_path):
     assert steps == sorted(steps) and len(set(steps)) == len(steps)  # one metrics file, appended
 
 
+# ---------------------------------------------------------------------------------------------------
+# Bad input: one line on stderr, exit 2, no traceback, nothing created or changed on disk
+# ---------------------------------------------------------------------------------------------------
+def snapshot(folder):
+    """Every file's bytes and modification time, and every folder's modification time, under folder."""
+    seen = {}
+    for parent, dirs, files in os.walk(folder):
+        seen[os.path.relpath(parent, folder)] = os.stat(parent).st_mtime_ns
+        for name in files:
+            path = os.path.join(parent, name)
+            with open(path, "rb") as f:
+                seen[os.path.relpath(path, folder)] = (f.read(), os.stat(path).st_mtime_ns)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A folder with a finished run, a copy of it, a file, and policy.pt files that are no checkpoints."""
+    world = tmp_path_factory.mktemp("world")
+    control.main([*TINY, "--out", str(world / "run")])
+    shutil.copytree(world / "run", world / "run2")
+    (world / "FILE").write_text("")
+    bad = {"garbage": b"garbage" * 10, "truncated": (world / "run" / "policy.pt").read_bytes()[:2000],
+           "protocol4": pickle.dumps({"config": {}}, protocol=4)}  # torch also warns about this one
+    for name, data in bad.items():
+        (world / name).mkdir()
+        (world / name / "policy.pt").write_bytes(data)
+    (world / "nokeys").mkdir()
+    torch.save({"agent": {}, "update": 3}, world / "nokeys" / "policy.pt")  # a torch file, not a checkpoint
+    return world
+
+
+NOT_OURS = "not a checkpoint written by control.py:"
+
+
+def run_control(args, cwd, **kwargs):
+    return subprocess.run([sys.executable, CONTROL, *args], cwd=cwd, capture_output=True, text=True, **kwargs)
+
+
 @pytest.mark.parametrize("args,message", [
-    (["--env", "Acrobot-v1"], "unknown env 'Acrobot-v1'"),
-    (["--algo", "a2c"], "unknown algo 'a2c'"),
-    (["--total-steps", "0"], "--total-steps must be positive"),
-    (["--total-steps", "-5"], "--total-steps must be positive"),
-    (["--algo", "grpo", "--group-size", "1"], "--group-size must be at least 2"),
-    (["--total-steps", "many"], "invalid int value"),
-    (["--out", "FILE/sub"], "cannot write to --out"),
-    (["--eval", "no/such/run"], "no checkpoint at"),
+    (["--env", "Acrobot-v1"], "argument --env: invalid choice: 'Acrobot-v1'"),
+    (["--algo", "a2c"], "argument --algo: invalid choice: 'a2c'"),
+    (["--total-steps", "0"], "--total-steps must be positive, got 0"),
+    (["--total-steps", "-5"], "--total-steps must be positive, got -5"),
+    (["--total-steps", "many"], "invalid int value: 'many'"),
+    (["--algo", "grpo", "--group-size", "1"], "--group-size must be at least 2 for grpo, got 1"),
+    (["--group-size", "0"], "--group-size must be positive, got 0"),
+    (["--num-envs", "0"], "--num-envs must be positive, got 0"),
+    (["--episodes", "2"], "--num-minibatches must be at most the episodes per update (2)"),
+    (["--seed", "-1"], "--seed must be in [0, 2**64), got -1"),
+    (["--ent-coef", "nan"], "--ent-coef must be a finite number, got nan"),
+    (["--ent-coef", "-0.01"], "--ent-coef must be >= 0, got -0.01"),
+    (["--max-grad-norm", "0"], "--max-grad-norm must be positive, got 0.0"),
+    (["--hidden", "0"], "--hidden must be positive, got 0"),
+    (["--eval-every", "-1"], "--eval-every must be >= 0, got -1"),
+    (["--out", "FILE/sub"], "cannot write to --out FILE/sub: "),
+    (["--tensorboard", "FILE/tb"], "cannot write to --tensorboard FILE/tb: "),
+    (["--out", "run"], "--out run holds an earlier run (policy.pt, metrics.csv, summary.json): "
+                       "continue it with --resume run, or replace it with --overwrite"),
+    (["--resume", "run", "--out", "run2"], "--out run2 holds an earlier run"),
+    (["--eval", "no/such/run"], "no checkpoint at no/such/run/policy.pt"),
+    (["--eval", "garbage"], f"{NOT_OURS} garbage/policy.pt (Weights only load failed)"),
+    (["--resume", "garbage"], f"{NOT_OURS} garbage/policy.pt (Weights only load failed)"),
+    (["--eval", "truncated"], f"{NOT_OURS} truncated/policy.pt (PytorchStreamReader"),
+    (["--eval", "protocol4"], f"{NOT_OURS} protocol4/policy.pt"),
+    (["--eval", "nokeys"], f"{NOT_OURS} nokeys/policy.pt (no config, actor_opt, critic_opt, env_steps in it"),
+    (["--eval", "run", "--env", "LunarLander-v3"], "--env LunarLander-v3 contradicts the run in run (env C"),
+    (["--eval", "run", "--algo", "ppo"], "--algo ppo contradicts the run in run (algo sppo)"),
+    (["--eval", "run", "--hidden", "32"], "--hidden 32 contradicts the run in run (hidden 64)"),
+    (["--resume", "run", "--env", "Pendulum-v1"], "--env Pendulum-v1 contradicts the run in run (env Cart"),
+    (["--eval", "run", "--overwrite"], "--eval writes nothing"),
 ])
-def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
-    (tmp_path / "FILE").write_text("")
-    args = [a.replace("FILE", str(tmp_path / "FILE")) for a in args]
-    out = subprocess.run([sys.executable, "control.py", *args], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 2
+def test_bad_input_exits_2_with_one_line(world, args, message):
+    before = snapshot(world)
+    out = run_control(args, cwd=world)  # a default --out would land in world/runs
+    assert out.returncode == 2, out.stderr
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert "Traceback" not in out.stderr
+    assert out.stderr.startswith("control.py: error: ") and "Traceback" not in out.stderr
+    assert snapshot(world) == before  # nothing created, nothing changed
+
+
+def test_tensorboard_missing_is_refused_before_training(tmp_path):
+    fake = tmp_path / "fake"  # a tensorboard package that fails to import, found before the real one
+    fake.mkdir()
+    (fake / "tensorboard.py").write_text("raise ImportError('no tensorboard here')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
+    out = run_control([*TINY, "--out", "run", "--tensorboard", "tb"], cwd=tmp_path, env=env)
+    assert out.returncode == 2
+    assert out.stderr == ("control.py: error: --tensorboard needs the tensorboard package: "
+                          "pip install tensorboard\n")
+    assert os.listdir(tmp_path) == ["fake"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Run folders: no run is lost, --eval writes nothing, pytest leaves nothing behind
+# ---------------------------------------------------------------------------------------------------
+def test_overwrite_replaces_an_earlier_run(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(world / "run", run)
+    summary = control.main([*TINY, "--seed", "2", "--out", str(run), "--overwrite"])
+    assert summary["seed"] == json.load(open(run / "summary.json"))["seed"] == 2
+    assert len(rows(run)) == 1  # the new run's one update, not appended to the old metrics
+    assert f"writing {run} (policy.pt, metrics.csv, summary.json)\n" in capsys.readouterr().err
+
+
+def test_resume_into_another_folder_leaves_the_run_untouched(world, tmp_path, capsys):
+    before = snapshot(world / "run")
+    branch = tmp_path / "branch"
+    summary = control.main(["--resume", str(world / "run"), "--out", str(branch), "--total-steps", "1000"])
+    assert snapshot(world / "run") == before
+    assert summary["env_steps"] >= 1000
+    assert json.load(open(branch / "summary.json"))["env_steps"] == summary["env_steps"]
+    original = rows(world / "run")
+    assert rows(branch)[:len(original)] == original and len(rows(branch)) > len(original)  # appended
+    err = capsys.readouterr().err
+    assert f"writing {branch} (policy.pt, metrics.csv, summary.json), resuming {world / 'run'}" in err
+
+
+def test_eval_writes_nothing(world):
+    before = snapshot(world)
+    out = run_control(["--eval", "run", "--eval-episodes", "3"], cwd=world)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["eval_episodes"] == 3
+    assert snapshot(world) == before
+
+
+def test_make_config_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for env in control.ENVS:
+        assert control.make_config({"env": env}).out == os.path.join("runs", f"{env}_sppo_1")
+    assert os.listdir(tmp_path) == []
+
+
+def test_help_describes_every_flag():
+    out = run_control(["--help"], cwd=ROOT)
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())  # argparse wraps lines
+    for f in control.fields(control.Config):
+        assert text.count(f"--{f.name.replace('_', '-')} ") >= 2, f.name  # in the usage and in the list
+    assert "entropy bonus (the paper uses none) (default: 0.0)" in text
+    assert "(default: 1000000, 2000000 for LunarLander-v3, 3000000 for Pendulum-v1)" in text
+    assert "--algo {sppo,ppo,grpo}" in text and "--env {" + ",".join(control.ENVS) + "}" in text
+    for extra in ("--eval DIR", "--resume DIR", "--overwrite", "--tensorboard DIR"):
+        assert extra in text
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ctrl-C, TensorBoard
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("phase", ["training", "final evaluation"])
+def test_ctrl_c_keeps_the_checkpoint_and_writes_a_summary(tmp_path, phase):
+    # training: a budget never reached; final evaluation: one update, then thousands of evaluation episodes
+    budget, eval_episodes = ("1000000000", "2") if phase == "training" else ("1", "5000")
+    args = ["--total-steps", budget, "--num-envs", "2", "--episodes", "4", "--eval-episodes", eval_episodes]
+    run = tmp_path / "run"
+    # stderr to a file, not a pipe the progress bar could fill; SIGINT back to its default in the child, as a
+    # shell that starts pytest in the background passes SIGINT on ignored (and Python then never raises it)
+    with open(tmp_path / "stderr", "w") as err:
+        proc = subprocess.Popen([sys.executable, CONTROL, *args, "--out", str(run)], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        started = (lambda: len(rows(run)) >= 2) if phase == "training" else (run / "policy.pt").exists
+        try:
+            deadline = time.time() + 30
+            while not (run / "metrics.csv").exists() or not started():
+                assert proc.poll() is None and time.time() < deadline, "the run ended or never started"
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 130
+        finally:
+            proc.kill()  # only if a check above failed: the run has ended otherwise
+    stderr = (tmp_path / "stderr").read_text()
+    assert f"interrupted: saved {run / 'policy.pt'} and summary.json" in stderr and "Traceback" not in stderr
+    summary = json.load(open(run / "summary.json"))
+    assert summary["success_rate"] is None and summary["note"].startswith("interrupted")
+    assert control.load_checkpoint(str(run))[-1]["env_steps"] == summary["env_steps"] > 0
+
+
+def test_tensorboard_logs_the_metrics(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    control.main(["--total-steps", "1000", "--num-envs", "4", "--episodes", "8", "--eval-episodes", "2",
+                  "--eval-every", "500", "--out", str(tmp_path / "run"),
+                  "--tensorboard", str(tmp_path / "tb")])
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    table = rows(tmp_path / "run")
+    logged = events.Scalars("mean_outcome")
+    assert len(table) >= 2 and [e.step for e in logged] == [int(r["env_steps"]) for r in table]
+    assert np.allclose([e.value for e in logged], [float(r["mean_outcome"]) for r in table])
+    assert len(events.Scalars("eval_success_rate")) == sum(r["eval_success_rate"] != "" for r in table) >= 1
+    assert len(events.Scalars("final_mean_return")) == 1
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "LunarLander-v3"])
