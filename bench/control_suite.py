@@ -35,7 +35,8 @@ QUICK_BUDGETS = {"CartPole-v1": 60_000, "MountainCar-v0": 100_000, "LunarLander-
 def run(env, algo, seed, budget, out_root, eval_episodes):
     out = os.path.join(out_root, f"{env}_{algo}_{seed}")
     cmd = [sys.executable, "control.py", "--env", env, "--algo", algo, "--seed", str(seed), "--total-steps",
-           str(budget), "--group-size", "8", "--eval-episodes", str(eval_episodes), "--out", out]
+           str(budget), "--group-size", "8", "--eval-episodes", str(eval_episodes), "--out", out,
+           "--overwrite"]  # a rerun replaces its own runs
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
     with open(os.path.join(out, "summary.json")) as f:

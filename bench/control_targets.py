@@ -30,7 +30,8 @@ TARGETS = {"CartPole-v1": 0.95, "MountainCar-v0": 0.8, "LunarLander-v3": 0.7, "P
 
 def run(env, seed, out_root):
     out = os.path.join(out_root, f"{env}_sppo_{seed}")
-    cmd = [sys.executable, "control.py", "--env", env, "--algo", "sppo", "--seed", str(seed), "--out", out]
+    cmd = [sys.executable, "control.py", "--env", env, "--algo", "sppo", "--seed", str(seed), "--out", out,
+           "--overwrite"]  # a rerun replaces its own runs
     subprocess.run(cmd, cwd=ROOT, check=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
     with open(os.path.join(out, "summary.json")) as f:
