@@ -60,37 +60,65 @@ class Config:
     out: str = ""  # run folder; "" = runs/{env}_{algo}_{seed}
 
 
+def forward_distance(ep):
+    """Hopper: metres the torso moved forward, its final x minus its x after the reset."""
+    return ep["x_end"] - ep["x_start"]
+
+
 # Per-environment RLVR setup. outcome(ep) -> [0, 1] and success(ep) -> bool read the finished episode
 # only: ep["ret"] (the env's return, never shown to the learner), ep["length"], ep["min_x"] and ep["max_x"]
-# (range of the first observation coordinate, MountainCar's position) and ep["terminated"].
+# (range of the first observation coordinate, MountainCar's position), ep["terminated"], and ep["x_start"],
+# ep["x_end"] (the body's x position at the start and the end, from the env's info "x_position": Hopper's
+# observation leaves x out; nan for envs that do not report it).
+# measure: (name, fn) the task measure in its own units; evaluate() reports its mean as "mean_{name}" and
+# summary.json names that key in "task_measure" (for CartPole and the return-graded envs it is a key
+# summary.json has anyway). degenerate: why a constant, random or standing-still policy cannot succeed
+# (tests/test_control.py checks it for constant and uniformly random actions).
 # "config" holds this env's defaults; a flag given on the command line overrides them.
 ENVS = {
-    "CartPole-v1": dict(  # graded: a random policy never balances 500 steps
+    "CartPole-v1": dict(  # graded by the steps balanced
         outcome=lambda ep: ep["length"] / 500.0,
         success=lambda ep: ep["length"] >= 500,
+        measure=("length", lambda ep: ep["length"]),
+        degenerate="the pole falls within ~10 steps under a constant push and ~20 under random pushes; "
+                   "success needs all 500",
         config=dict(total_steps=1_000_000, num_envs=64, episodes=64, update_epochs=4)),
     "MountainCar-v0": dict(  # graded by the highest point reached (height ~ sin 3x), the flag gives 1
         outcome=lambda ep: np.where(ep["terminated"], 1.0,
                                     (np.maximum(np.sin(3 * ep["min_x"]), np.sin(3 * ep["max_x"])) + 1) / 2),
         success=lambda ep: ep["terminated"],
+        measure=("max_position", lambda ep: ep["max_x"]),  # the flag is at 0.5
+        degenerate="the engine is too weak to climb directly: the flag needs swings timed to the velocity, "
+                   "which a constant or random action never builds up in 200 steps",
         config=dict(total_steps=1_000_000, num_envs=64, episodes=64, update_epochs=4)),
     "LunarLander-v3": dict(  # graded: normalised return, 300 and above gives 1
         outcome=lambda ep: np.clip((ep["ret"] + 200.0) / 500.0, 0.0, 1.0),
         success=lambda ep: ep["ret"] >= 200,
+        measure=("return", lambda ep: ep["ret"]),  # the env's reward is the task: land softly on the pad
+        degenerate="200 needs a soft landing on the pad (+100 at rest, ~+140 for getting there, legs down) "
+                   "with little fuel: idle or random engines crash (-100), firing one engine flies off or "
+                   "spins, hovering burns fuel for 1000 steps",
         config=dict(total_steps=2_000_000)),
     "Pendulum-v1": dict(  # graded: normalised return, 0 is the best possible
         outcome=lambda ep: np.clip(1.0 + ep["ret"] / 1500.0, 0.0, 1.0),
         success=lambda ep: ep["ret"] >= -200,
+        measure=("return", lambda ep: ep["ret"]),  # the env's cost is the task: upright, still, little torque
+        degenerate="-200 over 200 steps needs the pendulum held upright (hanging down costs ~10 a step); "
+                   "the torque is too weak to lift it directly, so a constant or random torque leaves it "
+                   "hanging or swinging",
         config=dict(total_steps=3_000_000)),
-    "Hopper-v5": dict(  # graded: normalised return, 2000 and above gives 1
-        outcome=lambda ep: np.clip(ep["ret"] / 2000.0, 0.0, 1.0),
-        success=lambda ep: ep["ret"] >= 1000,
+    "Hopper-v5": dict(  # graded by the forward distance (the return pays +1 a step for standing)
+        outcome=lambda ep: np.clip(forward_distance(ep) / 10.0, 0.0, 1.0),
+        success=lambda ep: forward_distance(ep) >= 5.0,
+        measure=("forward_distance", forward_distance),  # metres
+        degenerate="success is 5 m forward in 1000 steps: standing still, falling over or random torques "
+                   "move the torso about 1 m at most, and the episode ends once it tilts or drops",
         config=dict(total_steps=1_000_000, lr=3e-4)),
 }
 EVAL_SEED0 = 10**9  # training seeds are drawn below this, evaluation seeds start here
 ALGOS = ("sppo", "ppo", "grpo")
 RUN_FILES = ("policy.pt", "metrics.csv", "summary.json")  # what a run writes into its --out folder
-EVAL_KEYS = ("success_rate", "mean_outcome", "mean_return", "mean_length")  # what evaluate() returns
+EVAL_KEYS = ("success_rate", "mean_outcome", "mean_return", "mean_length")  # evaluate(), + the task measure
 CHECKPOINT_KEYS = ("config", "agent", "actor_opt", "critic_opt", "env_steps", "update")
 
 
@@ -113,7 +141,8 @@ def make_envs(env_id, n):
 def start_episodes(envs, which, seeds, obs=None):
     """(Re)start the sub-envs where `which` is True; the k-th of them starts from env.reset(seed=seeds[k]).
 
-    That first observation is the episode's prompt. Returns the observations of all sub-envs.
+    That first observation is the episode's prompt. Returns the observations of all sub-envs and the reset
+    info (a dict of arrays; the entries of sub-envs not restarted are masked out by its "_key" arrays).
     """
     if isinstance(envs.unwrapped, CartPoleVectorEnv):
         # The batched CartPole resets from one shared RNG and has no partial reset: write into each
@@ -123,12 +152,12 @@ def start_episodes(envs, which, seeds, obs=None):
             envs.reset()
         start = np.stack([CARTPOLE.reset(seed=int(s))[0] for s in seeds])
         cp.state[:, which], cp.steps[which], cp.prev_done[which] = start.T, 0, False
-        return cp.state.T.astype(np.float32)
-    if obs is None:  # first start: every sub-env
-        return envs.reset(seed=[int(s) for s in seeds])[0]
+        return cp.state.T.astype(np.float32), {}
     per_env = iter(seeds)
     per_sub_env = [int(next(per_env)) if w else None for w in which]
-    return envs.reset(seed=per_sub_env, options={"reset_mask": which})[0]
+    if obs is None:  # first start: every sub-env; those without an episode (fewer seeds) are never counted
+        return envs.reset(seed=per_sub_env)
+    return envs.reset(seed=per_sub_env, options={"reset_mask": which})
 
 
 CARTPOLE = gym.make("CartPole-v1").unwrapped  # computes the seeded start states of the batched CartPole
@@ -141,16 +170,18 @@ def rollout(envs, agent, seeds):
     per-episode stats for the outcome. The env's per-step reward is only summed into ep["ret"] for
     reporting. A batch ends when all its episodes have ended, so long episodes are not under-sampled;
     sub-envs left without an episode near the end keep stepping, masked out and not counted.
+    The vector env autoresets on the step AFTER an episode ends; we restart a finished sub-env at once
+    (reset_mask) instead, so every step's info belongs to the episode of that sub-env's slot.
     """
     n, n_env, max_t = len(seeds), envs.num_envs, envs.spec.max_episode_steps
     ep = dict(ret=np.zeros(n), length=np.zeros(n, dtype=np.int64), min_x=np.zeros(n), max_x=np.zeros(n),
-              terminated=np.zeros(n, dtype=bool))
+              terminated=np.zeros(n, dtype=bool), x_start=np.full(n, np.nan), x_end=np.full(n, np.nan))
     buf = dict(obs=torch.zeros(max_t, n, envs.single_observation_space.shape[0]), logp=torch.zeros(max_t, n),
                mask=torch.zeros(max_t, n))
     slot = np.full(n_env, -1)  # the episode each sub-env is playing, -1 for none
     slot[:min(n, n_env)] = np.arange(min(n, n_env))
-    obs = start_episodes(envs, slot >= 0, seeds[:n_env])
-    ep["min_x"][slot[slot >= 0]] = ep["max_x"][slot[slot >= 0]] = obs[slot >= 0, 0]
+    obs, info = start_episodes(envs, slot >= 0, seeds[:n_env])
+    record_start(ep, slot[slot >= 0], slot >= 0, obs, info)
     next_ep = min(n, n_env)
     while (slot >= 0).any():
         on = slot >= 0
@@ -167,12 +198,14 @@ def rollout(envs, agent, seeds):
         a = action.numpy()
         if agent.continuous:  # the Gaussian is unbounded; the env gets the action clipped to its box
             a = np.clip(a, envs.single_action_space.low, envs.single_action_space.high)
-        obs, reward, terminated, truncated, _ = envs.step(a)
+        obs, reward, terminated, truncated, info = envs.step(a)
         ep["ret"][j] += reward[on]
         ep["length"][j] += 1
         ep["min_x"][j] = np.minimum(ep["min_x"][j], obs[on, 0])
         ep["max_x"][j] = np.maximum(ep["max_x"][j], obs[on, 0])
         ep["terminated"][j] |= terminated[on]
+        if "x_position" in info:  # kept up to date, so after an episode's last step: where it ended
+            ep["x_end"][j] = info["x_position"][on]
         done = on & (terminated | truncated)
         if done.any():
             slot[done] = -1
@@ -180,12 +213,20 @@ def rollout(envs, agent, seeds):
             if len(restart):
                 which = np.zeros(n_env, dtype=bool)
                 which[restart] = True
-                obs = start_episodes(envs, which, seeds[next_ep:next_ep + len(restart)], obs)
+                obs, info = start_episodes(envs, which, seeds[next_ep:next_ep + len(restart)], obs)
                 slot[restart] = np.arange(next_ep, next_ep + len(restart))
-                ep["min_x"][slot[restart]] = ep["max_x"][slot[restart]] = obs[restart, 0]
+                record_start(ep, slot[restart], which, obs, info)
                 next_ep += len(restart)
     length = int(ep["length"].max())
     return {k: v[:length] for k, v in buf.items()}, ep
+
+
+def record_start(ep, j, which, obs, info):
+    """Start stats of episodes j, just started in the sub-envs where `which` is True: the first observation
+    coordinate, and the body's x position where the env reports one (Hopper, whose observation omits it)."""
+    ep["min_x"][j] = ep["max_x"][j] = obs[which, 0]
+    if "x_position" in info:
+        ep["x_start"][j] = ep["x_end"][j] = info["x_position"][which]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -325,7 +366,13 @@ def evaluate(cfg, agent, episodes):
     spec = ENVS[cfg.env]
     return {"success_rate": float(np.mean(spec["success"](ep))),
             "mean_outcome": float(np.mean(spec["outcome"](ep))),
-            "mean_return": float(np.mean(ep["ret"])), "mean_length": float(np.mean(ep["length"]))}
+            "mean_return": float(np.mean(ep["ret"])), "mean_length": float(np.mean(ep["length"])),
+            measure_key(cfg.env): float(np.mean(spec["measure"][1](ep)))}
+
+
+def measure_key(env_id):
+    """The key of the env's task measure in evaluate()'s result, e.g. mean_forward_distance for Hopper."""
+    return "mean_" + ENVS[env_id]["measure"][0]
 
 
 def save_checkpoint(path, cfg, agent, actor_opt, critic_opt, env_steps, update_idx):
@@ -565,7 +612,8 @@ def write_summary(cfg, env_steps, update_idx, wall_seconds, train_seconds, resul
     summary = dict(env=cfg.env, algo=cfg.algo, seed=cfg.seed, env_steps=env_steps, updates=update_idx,
                    wall_seconds=round(wall_seconds, 2), train_seconds=round(train_seconds, 2),
                    steps_per_second=round(env_steps / max(train_seconds, 1e-9), 1),
-                   eval_episodes=cfg.eval_episodes, **(result or dict.fromkeys(EVAL_KEYS)),
+                   eval_episodes=cfg.eval_episodes, task_measure=measure_key(cfg.env),
+                   **(result or dict.fromkeys((*EVAL_KEYS, measure_key(cfg.env)))),
                    **({} if result else {"note": note}), config=asdict(cfg))
     path = os.path.join(cfg.out, "summary.json")
     with open(path + ".tmp", "w") as f:
@@ -664,7 +712,7 @@ def evaluate_saved(run_dir, given, extra):
     torch.set_num_threads(cfg.threads)
     result = evaluate(cfg, agent, cfg.eval_episodes)
     print(json.dumps(dict(env=cfg.env, algo=cfg.algo, seed=cfg.seed, eval_episodes=cfg.eval_episodes,
-                          **result)))
+                          task_measure=measure_key(cfg.env), **result)))
     return result
 
 

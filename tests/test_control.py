@@ -48,6 +48,7 @@ def test_one_update_each_algo_each_env(tmp_path, env, algo):
     for key in ("env", "algo", "seed", "env_steps", "wall_seconds", "success_rate", "mean_outcome",
                 "mean_return"):
         assert key in saved
+    assert saved["task_measure"] == control.measure_key(env) and np.isfinite(saved[saved["task_measure"]])
     assert saved["env"] == env and saved["algo"] == algo
     # the update changed the actor (a first minibatch has ratio 1, so a nonzero advantage moves it)
     fresh, _, _ = control.build(control.Config(**saved["config"]))
@@ -58,12 +59,12 @@ def test_one_update_each_algo_each_env(tmp_path, env, algo):
 def test_grpo_groups_start_from_the_same_prompt():
     for env_id in ("CartPole-v1", "Hopper-v5"):
         envs = control.make_envs(env_id, 4)
-        obs = control.start_episodes(envs, np.ones(4, dtype=bool), [7, 7, 8, 8])
+        obs, _ = control.start_episodes(envs, np.ones(4, dtype=bool), [7, 7, 8, 8])
         assert np.allclose(obs[0], obs[1]) and np.allclose(obs[2], obs[3]) and not np.allclose(obs[0], obs[2])
         single = control.gym.make(env_id).reset(seed=7)[0]
         assert np.allclose(obs[0], single)  # the prompt is exactly env.reset(seed=s)
         envs.step(envs.action_space.sample())
-        again = control.start_episodes(envs, np.array([False, False, True, False]), [7], obs)
+        again, _ = control.start_episodes(envs, np.array([False, False, True, False]), [7], obs)
         assert np.allclose(again[2], single) and not np.allclose(again[0], single)  # a partial restart
 
 
@@ -298,3 +299,93 @@ def test_rollout_streams_seeded_episodes_through_fewer_envs(env_id):
     with torch.no_grad():
         logp = agent.log_prob(agent.dist(steps["obs"]), steps["actions"])
     assert torch.allclose(logp * steps["mask"], steps["logp"] * steps["mask"], atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The success criteria measure the task: degenerate policies never succeed
+# ---------------------------------------------------------------------------------------------------
+class Fixed:
+    """A 'distribution' that always samples the same action (one row per sub-env)."""
+
+    def __init__(self, action):
+        self.action = action
+
+    def sample(self):
+        return self.action
+
+    def log_prob(self, action):
+        return torch.zeros(action.shape)
+
+
+class StubAgent:
+    """Stands in for control.Agent in control.rollout: a constant action, or uniformly random ones."""
+
+    def __init__(self, space, action=None):
+        self.space, self.action = space, action
+        self.continuous = isinstance(space, control.gym.spaces.Box)
+
+    def dist(self, obs):
+        n = obs.shape[0]
+        if self.action is not None:
+            return Fixed(torch.as_tensor(np.stack([self.action] * n)))
+        if self.continuous:
+            low, high = (torch.as_tensor(b).expand(n, -1) for b in (self.space.low, self.space.high))
+            return torch.distributions.Uniform(low, high)
+        return torch.distributions.Categorical(logits=torch.zeros(n, self.space.n))
+
+    def log_prob(self, dist, action):
+        return dist.log_prob(action).sum(-1) if self.continuous else dist.log_prob(action)
+
+
+def degenerate_policies(space):
+    """Each constant action of a discrete space; zero and both corners of a box; then uniformly random."""
+    if isinstance(space, control.gym.spaces.Discrete):
+        constants = [np.int64(a) for a in range(space.n)]
+    else:
+        constants = [np.zeros(space.shape, np.float32), space.low, space.high]
+    return [(f"constant {a}", a) for a in constants] + [("random", None)]
+
+
+def play(env_id, action, episodes=20):
+    """Stats of `episodes` episodes (seeds 0, 1, ...) of a StubAgent, through control.py's own rollout."""
+    envs = control.make_envs(env_id, 10)
+    torch.manual_seed(0)  # the random policy's actions
+    _, ep = control.rollout(envs, StubAgent(envs.single_action_space, action), np.arange(episodes))
+    envs.close()
+    return ep
+
+
+@pytest.mark.parametrize("env_id", list(control.ENVS))
+def test_degenerate_policies_never_succeed(env_id):
+    spec = control.ENVS[env_id]
+    assert spec["degenerate"]  # the reason, in words (for the README's env table)
+    space = control.make_envs(env_id, 1).single_action_space
+    for name, action in degenerate_policies(space):
+        ep = play(env_id, action)
+        outcome = spec["outcome"](ep)
+        assert np.all((0 <= outcome) & (outcome <= 1)), (name, outcome)
+        assert not np.any(spec["success"](ep)), (name, ep)
+
+
+def test_standing_still_hopper_scores_near_zero():
+    ep = play("Hopper-v5", np.zeros(3, np.float32))
+    assert np.all(np.isfinite(ep["x_start"])) and np.all(np.abs(ep["x_start"]) < 0.01)  # reset noise only
+    assert np.mean(control.ENVS["Hopper-v5"]["outcome"](ep)) <= 0.05
+    assert ep["ret"].max() > 100  # the env's return still pays for it: why the outcome is not the return
+
+
+def test_hopper_forward_distance_is_the_torso_x_moved():
+    """x_start and x_end are the torso's x (qpos[0]) at the reset and on the episode's last step."""
+    envs = control.make_envs("Hopper-v5", 2)
+    ep = control.rollout(envs, StubAgent(envs.single_action_space, np.ones(3, np.float32)), [3, 4, 5])[1]
+    single = control.gym.make("Hopper-v5")
+    for j, s in enumerate([3, 4, 5]):
+        single.reset(seed=s)
+        assert ep["x_start"][j] == single.unwrapped.data.qpos[0]
+        for _ in range(ep["length"][j]):
+            single.step(np.ones(3))
+        assert ep["x_end"][j] == single.unwrapped.data.qpos[0]
+    # an env without "x_position" in its info leaves them nan (also: fewer episodes than sub-envs)
+    envs = control.make_envs("Pendulum-v1", 2)
+    ep = control.rollout(envs, StubAgent(envs.single_action_space), [1])[1]
+    assert ep["length"][0] == 200 and np.isnan(ep["x_start"][0]) and np.isnan(ep["x_end"][0])
