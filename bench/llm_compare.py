@@ -22,7 +22,8 @@ CPU; 32 samples/step: generation 10.4 s, old log-probs + values 9.0 s, critic 3.
 grpo 8 x (64 x 1.0 + ~15 s) = ~630 s; sppo_full_critic ~460 s (a 5x bigger critic); 15 greedy evaluations of
 128 problems at ~30 s = ~450 s; 4 model loads at ~40 s = ~160 s. In all about 2,450 s = ~41 min, uncertain by
 perhaps +-25% (the per-step costs were measured at 32 prompts/step; small batches use the CPU less well).
-Measured with --jobs 2 (two runs side by side): 1904 s in all, see bench/results/llm_compare.md. If it must be shorter, --steps 18 --grpo-steps 6 cuts about a quarter.
+Measured with --jobs 2 (two runs side by side): 1904 s in all, see bench/results/llm_compare.md. If it must be
+shorter, --steps 18 --grpo-steps 6 cuts about a quarter.
 
 Writes RESULTS/llm_compare.{json,md}, RESULTS/llm_accuracy.png and RESULTS/llm_tail_effect.png (plots need
 matplotlib). RESULTS is bench/results, or OUT/results with --quick.
@@ -38,10 +39,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# With 8 prompts a step, the trainer's default (2 minibatches, actor lr 3e-5, tuned for 32 prompts a step) made
-# SPPO collapse (held-out accuracy 0.48 at step 8, 0.09 at step 16); 1 minibatch at lr 1e-5 went 0.41 -> 0.49.
-FULL = dict(model="smollm2", batch_size=8, steps=24, grpo_steps=8, eval_size=128, eval_every=8, grpo_eval_every=2,
-            max_new_tokens=32, critic_layers=6, minibatches=1, lr=1e-5)
+# With 8 prompts a step, the trainer's default (2 minibatches, actor lr 3e-5, tuned for 32 prompts a step)
+# made SPPO collapse (held-out accuracy 0.48 at step 8, 0.09 at step 16); 1 minibatch at lr 1e-5 went
+# 0.41 -> 0.49.
+FULL = dict(model="smollm2", batch_size=8, steps=24, grpo_steps=8, eval_size=128, eval_every=8,
+            grpo_eval_every=2, max_new_tokens=32, critic_layers=6, minibatches=1, lr=1e-5)
 QUICK = dict(model="tiny", batch_size=4, steps=6, grpo_steps=2, eval_size=16, eval_every=2, grpo_eval_every=1,
              max_new_tokens=16, critic_layers=1, minibatches=1, lr=1e-5)  # the tiny model has 2 layers
 TIME_KEYS = ["time_generate", "time_score", "time_old_logp", "time_critic", "time_policy"]
@@ -54,13 +56,15 @@ def run(name, algo, steps, eval_every, critic_layers, size, out_root):
     shutil.rmtree(out, ignore_errors=True)  # llm_train appends to metrics.jsonl: start clean
     os.makedirs(out)
     cmd = [sys.executable, "llm_train.py", "--model", size["model"], "--algo", algo, "--group-size", "8",
-           "--batch-size", str(size["batch_size"]), "--steps", str(steps), "--eval-size", str(size["eval_size"]),
-           "--eval-every", str(eval_every), "--max-new-tokens", str(size["max_new_tokens"]),
-           "--critic-layers", str(critic_layers), "--minibatches", str(size["minibatches"]), "--lr", str(size["lr"]),
+           "--batch-size", str(size["batch_size"]), "--steps", str(steps),
+           "--eval-size", str(size["eval_size"]), "--eval-every", str(eval_every),
+           "--max-new-tokens", str(size["max_new_tokens"]), "--critic-layers", str(critic_layers),
+           "--minibatches", str(size["minibatches"]), "--lr", str(size["lr"]),
            "--threads", "1", "--dump-values", "--out", out]
     print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     with open(os.path.join(out, "log.txt"), "w") as log:
-        p = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        p = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     if p.returncode != 0:
         tail = open(os.path.join(out, "log.txt")).read()[-2000:]
         sys.exit(f"{name} failed (exit {p.returncode}); end of {out}/log.txt:\n{tail}")
@@ -78,7 +82,8 @@ def run(name, algo, steps, eval_every, critic_layers, size, out_root):
                   eval_accuracy=e["eval_accuracy"]) for e in summary["eval_history"]]
     return dict(name=name, algo=algo, steps=steps, critic_layers=critic_layers if algo != "grpo" else None,
                 samples_per_step=size["batch_size"] * (8 if algo == "grpo" else 1), curve=curve,
-                final_accuracy=summary["eval_accuracy_after"], best_accuracy=max(c["eval_accuracy"] for c in curve),
+                final_accuracy=summary["eval_accuracy_after"],
+                best_accuracy=max(c["eval_accuracy"] for c in curve),
                 train_seconds=train_s, seconds_per_step=train_s / steps,
                 critic_seconds_per_step=sum(m["time_critic"] for m in metrics) / steps,
                 wall_seconds=summary["wall_seconds"], generated_tokens=summary["generated_tokens"],
@@ -92,9 +97,9 @@ def first_reaching(curve, target):
 
 
 def tail_effect(records):
-    """ppo: mean V(s_t) in BINS bins of relative position t/T, for correct and wrong responses, in the first and
-    last third of training. The paper's tail effect: the two curves part only near the end (t/T near 1), so most
-    tokens get a near-zero, biased advantage."""
+    """ppo: mean V(s_t) in BINS bins of relative position t/T, for correct and wrong responses, in the first
+    and last third of training. The paper's tail effect: the two curves part only near the end (t/T near 1),
+    so most tokens get a near-zero, biased advantage."""
     if not records:
         return None
     steps = sorted({r["step"] for r in records})
@@ -120,7 +125,8 @@ def tail_effect(records):
 
 
 def calibration(records):
-    """sppo: predicted success sigmoid(V(x)) against the observed reward, in BINS equal-width bins, all steps."""
+    """sppo: predicted success sigmoid(V(x)) against the observed reward, in BINS equal-width bins, all
+    steps."""
     if not records:
         return None
     pairs = [(p, r) for rec in records for p, r in zip(rec["pred_success"], rec["rewards"])]
@@ -145,7 +151,8 @@ def plot(runs, tail, calib, grpo_best, results_dir):
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for r, color in zip(runs, ("C0", "C2", "C1", "C0")):
-        style = dict(color=color, marker="o", ms=3, ls="--" if r["name"] == "sppo_full_critic" else "-", label=r["name"])
+        style = dict(color=color, marker="o", ms=3, ls="--" if r["name"] == "sppo_full_critic" else "-",
+                     label=r["name"])
         acc = [c["eval_accuracy"] for c in r["curve"]]
         axes[0].plot([c["train_seconds"] for c in r["curve"]], acc, **style)
         axes[1].plot([c["generated_tokens"] for c in r["curve"]], acc, **style)
@@ -162,8 +169,9 @@ def plot(runs, tail, calib, grpo_best, results_dir):
     if tail:
         for key, color, ls in [("early_correct", "C2", "--"), ("early_wrong", "C3", "--"),
                                ("late_correct", "C2", "-"), ("late_wrong", "C3", "-")]:
-            axes[0].plot(x, [float("nan") if v is None else v for v in tail[key]["mean_value"]], color=color, ls=ls,
-                         marker="o", ms=3, label=f"{key.replace('_', ', ')} ({tail[key]['responses']})")
+            axes[0].plot(x, [float("nan") if v is None else v for v in tail[key]["mean_value"]],
+                         color=color, ls=ls, marker="o", ms=3,
+                         label=f"{key.replace('_', ', ')} ({tail[key]['responses']})")
         axes[0].legend(fontsize=8)
     axes[0].set(title="token-level PPO: critic V(s_t) along the response", xlabel="relative position t / T",
                 ylabel="mean V(s_t)")
@@ -181,16 +189,20 @@ def plot(runs, tail, calib, grpo_best, results_dir):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="random tiny model, few steps: a smoke test, numbers mean nothing")
+    p.add_argument("--quick", action="store_true",
+                   help="random tiny model, few steps: a smoke test, numbers mean nothing")
     p.add_argument("--out", default=None, help="run folders (default runs/llm_compare[_quick])")
-    p.add_argument("--results", default=None, help="tables and plots (default bench/results, OUT/results with --quick)")
+    p.add_argument("--results", default=None,
+                   help="tables and plots (default bench/results, OUT/results with --quick)")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side, one thread each (2 fit in 24 GB)")
-    for key in ("batch_size", "steps", "grpo_steps", "eval_size"):  # to shrink (or grow) a run; same for all algos
-        p.add_argument("--" + key.replace("_", "-"), type=int, default=None, help=f"default {FULL[key]}, quick {QUICK[key]}")
+    for key in ("batch_size", "steps", "grpo_steps", "eval_size"):  # to shrink (or grow) a run; same for all
+        p.add_argument("--" + key.replace("_", "-"), type=int, default=None,
+                       help=f"default {FULL[key]}, quick {QUICK[key]}")
     args = p.parse_args()
     size = {k: getattr(args, k, None) or v for k, v in (QUICK if args.quick else FULL).items()}
     out = args.out or os.path.join(ROOT, "runs", "llm_compare_quick" if args.quick else "llm_compare")
-    results_dir = args.results or (os.path.join(out, "results") if args.quick else os.path.join(ROOT, "bench", "results"))
+    results_dir = args.results or (os.path.join(out, "results") if args.quick
+                                   else os.path.join(ROOT, "bench", "results"))
     os.makedirs(results_dir, exist_ok=True)
     start = time.time()
     k = size["critic_layers"]
@@ -213,44 +225,55 @@ def main():
     small_critic = dict(critic_layers=k, cut_peak_memory_bytes=cut["peak_memory_bytes"],
                         full_peak_memory_bytes=full["peak_memory_bytes"],
                         memory_saving=1 - cut["peak_memory_bytes"] / full["peak_memory_bytes"],
-                        cut_seconds_per_step=cut["seconds_per_step"], full_seconds_per_step=full["seconds_per_step"],
+                        cut_seconds_per_step=cut["seconds_per_step"],
+                        full_seconds_per_step=full["seconds_per_step"],
                         cut_final_accuracy=cut["final_accuracy"], full_final_accuracy=full["final_accuracy"])
     # 4. the tail effect (ppo) and the calibration of the prompt value (sppo)
     tail, calib = tail_effect(by["ppo"]["values"]), calibration(by["sppo"]["values"])
 
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread, Python {platform.python_version()}, "
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread, "
+               f"Python {platform.python_version()}, "
                f"{time.strftime('%Y-%m-%d')}, {time.time() - start:.0f} s in all")
-    lines = [f"Model `{size['model']}`{' (random weights: a smoke test, the numbers mean nothing)' if args.quick else ''}, "
+    lines = [f"Model `{size['model']}`"
+             f"{' (random weights: a smoke test, the numbers mean nothing)' if args.quick else ''}, "
              f"{size['batch_size']} prompts per step, {size['eval_size']} held-out problems, at most "
              f"{size['max_new_tokens']} new tokens. Machine: {machine}.", "",
-             "| run | steps | samples/step | accuracy start -> final | best | training s | s/step | generated tokens "
-             "| s to GRPO best | tokens to GRPO best |", "|---" * 10 + "|"]
+             "| run | steps | samples/step | accuracy start -> final | best | training s | s/step "
+             "| generated tokens | s to GRPO best | tokens to GRPO best |", "|---" * 10 + "|"]
     for r in runs:
-        lines.append(f"| {r['name']} | {r['steps']} | {r['samples_per_step']} | {start_acc:.3f} -> {r['final_accuracy']:.3f} | "
+        lines.append(f"| {r['name']} | {r['steps']} | {r['samples_per_step']} | "
+                     f"{start_acc:.3f} -> {r['final_accuracy']:.3f} | "
                      f"{r['best_accuracy']:.3f} | {r['train_seconds']:.0f} | {r['seconds_per_step']:.1f} | "
                      f"{r['generated_tokens']:,} | {fmt(r['wall_seconds_to_grpo_best'], '.0f')} | "
                      f"{fmt(r['tokens_to_grpo_best'], ',')} |")
-    lines += ["", f"GRPO's best accuracy {grpo_best:.3f} (start {start_acc:.3f}). Speed-up of SPPO over GRPO to reach it, "
+    lines += ["", f"GRPO's best accuracy {grpo_best:.3f} (start {start_acc:.3f}). "
+              "Speed-up of SPPO over GRPO to reach it, "
               "in training seconds: " + (f"{speedup:.1f}x (paper: 5.9x)." if speedup else
-                                         "undefined (GRPO did not improve on the start, or SPPO did not reach it)."), "",
-              "| critic | layers | peak memory (RSS) | s/step | critic s/step | final accuracy |", "|---" * 6 + "|",
+                                         "undefined (GRPO did not improve on the start, "
+                                         "or SPPO did not reach it)."), "",
+              "| critic | layers | peak memory (RSS) | s/step | critic s/step | final accuracy |",
+              "|---" * 6 + "|",
               f"| cut | {k} | {cut['peak_memory_bytes'] / 2**30:.2f} GiB | {cut['seconds_per_step']:.1f} | "
               f"{cut['critic_seconds_per_step']:.2f} | {cut['final_accuracy']:.3f} |",
-              f"| full | all | {full['peak_memory_bytes'] / 2**30:.2f} GiB | {full['seconds_per_step']:.1f} | "
+              f"| full | all | {full['peak_memory_bytes'] / 2**30:.2f} GiB | "
+              f"{full['seconds_per_step']:.1f} | "
               f"{full['critic_seconds_per_step']:.2f} | {full['final_accuracy']:.3f} |", "",
-              f"The cut critic's run peaks {100 * small_critic['memory_saving']:.1f}% lower in memory (paper: 12.8% on GPU)."]
+              f"The cut critic's run peaks {100 * small_critic['memory_saving']:.1f}% lower in memory "
+              "(paper: 12.8% on GPU)."]
     if tail:
-        lines += ["", "PPO critic, mean V(s_t) at the start (t/T < 0.1) and end (t/T >= 0.9) of responses:", "",
+        lines += ["", "PPO critic, mean V(s_t) at the start (t/T < 0.1) and end (t/T >= 0.9) of responses:",
+                  "",
                   "| phase | outcome | responses | V at start | V at end |", "|---" * 5 + "|"]
         for key in ("early_correct", "early_wrong", "late_correct", "late_wrong"):
             v = tail[key]["mean_value"]
-            lines.append(f"| {key.split('_')[0]} | {key.split('_')[1]} | {tail[key]['responses']} | {fmt(v[0], '.3f')} | "
-                         f"{fmt(v[-1], '.3f')} |")
+            lines.append(f"| {key.split('_')[0]} | {key.split('_')[1]} | {tail[key]['responses']} | "
+                         f"{fmt(v[0], '.3f')} | {fmt(v[-1], '.3f')} |")
     if calib:
-        lines += ["", f"SPPO prompt value, all {calib['samples']} training samples (Brier {calib['brier']:.3f}):", "",
+        lines += ["", f"SPPO prompt value, all {calib['samples']} training samples "
+                  f"(Brier {calib['brier']:.3f}):", "",
                   "| predicted bin | samples | mean predicted | observed success |", "|---" * 4 + "|"]
-        lines += [f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['count']} | {b['mean_predicted']:.3f} | {b['success_rate']:.3f} |"
-                  for b in calib["bins"]]
+        lines += [f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['count']} | {b['mean_predicted']:.3f} | "
+                  f"{b['success_rate']:.3f} |" for b in calib["bins"]]
     text = "\n".join(lines)
     print(text)
     with open(os.path.join(results_dir, "llm_compare.md"), "w") as f:
