@@ -49,6 +49,7 @@ class Config:
     update_epochs: int = 8  # passes over each batch of episodes
     num_minibatches: int = 4  # minibatches per pass (over all valid steps of the batch)
     clip_eps: float = 0.2  # PPO clip range epsilon
+    dual_clip: float = 3.0  # dual-clip c on negative advantages (verl's default, the authors' too); 0 = off
     gamma: float = 0.99  # ppo only: discount of the GAE baseline
     lam: float = 0.95  # ppo only: GAE lambda
     max_grad_norm: float = 0.5  # gradient clipping of actor and critic
@@ -328,7 +329,7 @@ def update(cfg, agent, actor_opt, critic_opt, steps, outcome, first=False):
             dist = agent.dist(flat["obs"][idx])
             logp = agent.log_prob(dist, flat["actions"][idx])
             loss, pstats = sppo.policy_loss(logp, flat["logp"][idx], flat["adv"][idx], ones.expand_as(logp),
-                                            cfg.clip_eps)
+                                            cfg.clip_eps, cfg.dual_clip or None)
             entropy = agent.entropy(dist).mean()
             step(actor_opt, loss - cfg.ent_coef * entropy, cfg.max_grad_norm)
             if cfg.algo == "ppo":
@@ -477,7 +478,9 @@ RULES = {  # what each setting must be beyond its type (and, for a float, being 
     "seed": (lambda v: 0 <= v < 2**64, "in [0, 2**64)"),  # torch.manual_seed takes no more
     "total_steps": POSITIVE, "num_envs": POSITIVE, "episodes": POSITIVE, "group_size": POSITIVE,
     "lr": POSITIVE, "critic_lr": POSITIVE, "update_epochs": POSITIVE, "num_minibatches": POSITIVE,
-    "clip_eps": (lambda v: 0 < v < 1, "in (0, 1)"), "gamma": UNIT, "lam": UNIT, "max_grad_norm": POSITIVE,
+    "clip_eps": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "dual_clip": (lambda v: v == 0 or v > 1, "0 (off) or > 1"),
+    "gamma": UNIT, "lam": UNIT, "max_grad_norm": POSITIVE,
     "ent_coef": AT_LEAST_0, "hidden": POSITIVE, "eval_episodes": POSITIVE, "eval_every": AT_LEAST_0,
     "threads": POSITIVE,
 }
@@ -579,7 +582,8 @@ def start_run_folder(out, resume=None):
 # Training
 # ---------------------------------------------------------------------------------------------------
 METRICS = ["update", "env_steps", "wall_seconds", "mean_outcome", "success_rate", "mean_return",
-           "critic_loss", "clip_frac", "approx_kl", "entropy", "eval_success_rate", "eval_mean_return"]
+           "critic_loss", "clip_frac", "dual_clip_frac", "approx_kl", "entropy", "eval_success_rate",
+           "eval_mean_return"]
 
 
 def open_metrics(path, append):
@@ -664,7 +668,8 @@ def train(cfg, ckpt=None, tb_dir=None):
             row = dict(update=update_idx, env_steps=env_steps, wall_seconds=round(time.time() - start, 3),
                        mean_outcome=float(outcome.mean()), success_rate=float(np.mean(spec["success"](ep))),
                        mean_return=float(ep["ret"].mean()), critic_loss=stats["critic_loss"],
-                       clip_frac=stats["clip_frac"], approx_kl=stats["approx_kl"], entropy=stats["entropy"])
+                       clip_frac=stats["clip_frac"], dual_clip_frac=stats["dual_clip_frac"],
+                       approx_kl=stats["approx_kl"], entropy=stats["entropy"])
             if cfg.eval_every and env_steps >= next_eval:
                 result = evaluate(cfg, agent, cfg.eval_episodes)
                 row.update(eval_success_rate=result["success_rate"], eval_mean_return=result["mean_return"])

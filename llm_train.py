@@ -60,6 +60,7 @@ class Config:
     weight_decay: float = 0.01  # AdamW weight decay, actor and critic
     warmup_steps: int = 0  # linear warmup, then a constant learning rate
     clip_eps: float = 0.2  # PPO clip range
+    dual_clip: float = 3.0  # dual-clip c on negative advantages (verl's default, the authors' too); 0 = off
     max_grad_norm: float = 1.0  # gradient norm clip
     temperature: float = 0.7  # sampling temperature; log-probs use the same logits / temperature
     max_new_tokens: int = 32  # response cap (answers to the arithmetic task are short)
@@ -774,7 +775,7 @@ def update_policy(run, b, m):
                 logp = response_logprobs(run.policy, b["ids"][mb], b["mask"][mb], b["n_prompt"],
                                          cfg.temperature)
                 loss, s = sppo.policy_loss(logp, b["old_logp"][mb], b["adv"][mb], b["rmask"][mb],
-                                           cfg.clip_eps)
+                                           cfg.clip_eps, cfg.dual_clip or None)
                 s["grad_norm"] = optimiser_step(run.actor_opt, run.policy, loss, cfg.max_grad_norm)
                 stats.append({"policy_loss": loss.item(), **s})
         run.actor_sched.step()
@@ -1023,6 +1024,7 @@ def check_config(cfg):
               (cfg.temperature > 0, "--temperature must be > 0"),
               (cfg.max_grad_norm > 0, "--max-grad-norm must be > 0"),
               (0 < cfg.clip_eps < 1, "--clip-eps must be in (0, 1)"),
+              (cfg.dual_clip == 0 or cfg.dual_clip > 1, "--dual-clip must be 0 (off) or > 1"),
               (cfg.gamma <= 1 and cfg.lam <= 1, "--gamma and --lam must be <= 1"),
               (not cfg.prompt_template or "{prompt}" in cfg.prompt_template,
                "--prompt-template must contain {prompt}, where each problem goes"),

@@ -10,7 +10,7 @@ SPPO treats the whole sequence as ONE action of a contextual bandit whose contex
 
     A(x, y)  = R(x, y) - sigmoid(V(x))            sequence_advantages
     L_critic = BCEWithLogits(V(x), R(x, y))        critic_loss
-    L_policy = PPO clipped surrogate, per token     policy_loss
+    L_policy = PPO clipped surrogate, per token     policy_loss  (dual-clip c = 3 on A < 0, as verl)
 """
 import torch
 import torch.nn.functional as F
@@ -53,27 +53,40 @@ def masked_mean(x, mask):
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def policy_loss(logp, old_logp, advantages, mask, clip_eps=0.2):
-    """PPO clipped surrogate with a per-token ratio, token-mean aggregation.
+def policy_loss(logp, old_logp, advantages, mask, clip_eps=0.2, dual_clip=3.0):
+    """PPO clipped surrogate with a per-token ratio and dual-clip, token-mean aggregation.
 
         r_t = exp(logp_t - old_logp_t)
-        L   = - mean_{t: mask_t = 1} min(r_t * A_t, clip(r_t, 1 - eps, 1 + eps) * A_t)
+        s_t = min(r_t * A_t, clip(r_t, 1 - eps, 1 + eps) * A_t)
+        s_t = max(s_t, c * A_t)   where A_t < 0                   (dual-clip, c = dual_clip)
+        L   = - mean_{t: mask_t = 1} s_t
 
-    logp, old_logp, mask: [B, T] (or any shape, all equal). advantages: [B] (one per sequence, the same
-    value is broadcast to every token of it, as SPPO and GRPO do) or the shape of logp (token-level PPO).
+    Dual-clip (Ye et al. 2020; verl's default c = 3, which the SPPO authors keep): with A < 0 the plain
+    surrogate r * A is unbounded below as r grows, so one token the policy has come to like far more than
+    when it was sampled could dominate the step; the loss of such a token is capped at -c * A (no gradient).
+    dual_clip=None turns it off. logp, old_logp, mask: [B, T] (or any shape, all equal). advantages: [B] (one
+    per sequence, broadcast to every token of it, as SPPO and GRPO do) or the shape of logp (token-level PPO).
     Returns (loss, stats) where stats holds detached floats: clip_frac (fraction of valid tokens whose
-    ratio was clipped) and approx_kl (the k3 estimator  E[(r - 1) - log r]  of KL(old || new)).
+    ratio was clipped), dual_clip_frac (fraction capped by the dual clip) and approx_kl (the k3 estimator
+    E[(r - 1) - log r] of KL(old || new)).
     """
+    if dual_clip is not None and dual_clip <= 1:
+        raise ValueError(f"dual_clip must be > 1 (or None), got {dual_clip}")
     if advantages.dim() == logp.dim() - 1:
         advantages = advantages.unsqueeze(-1)
     advantages = advantages.detach()
     log_ratio = logp - old_logp.detach()
     ratio = torch.exp(log_ratio)
     surrogate = torch.min(ratio * advantages, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * advantages)
+    capped = torch.zeros_like(surrogate, dtype=torch.bool)
+    if dual_clip is not None:
+        capped = (advantages < 0) & (surrogate < dual_clip * advantages)
+        surrogate = torch.where(capped, dual_clip * advantages, surrogate)
     loss = -masked_mean(surrogate, mask)
     with torch.no_grad():
         clipped = ((ratio - 1).abs() > clip_eps).to(logp.dtype)
         stats = {"clip_frac": masked_mean(clipped, mask).item(),
+                 "dual_clip_frac": masked_mean(capped.to(logp.dtype), mask).item(),
                  "approx_kl": masked_mean((ratio - 1) - log_ratio, mask).item()}
     return loss, stats
 

@@ -48,6 +48,24 @@ def test_policy_loss_clipped_values_and_stats():
     assert stats["approx_kl"] == pytest.approx(((r - 1) - r.log()).mean().item(), rel=1e-5)
 
 
+def test_policy_loss_dual_clip_caps_negative_advantages():
+    logp, old = _ratios([5.0, 2.0, 5.0, 0.5])
+    mask = torch.ones(4)
+    adv = torch.tensor([-1.0, -1.0, 1.0, -2.0])
+    # A = -1, r = 5: min(-5, -1.2) = -5, dual-clip max(-5, 3 * -1) = -3; A = -1, r = 2: -2 > -3, kept;
+    # A = +1, r = 5: 1.2 (dual-clip only touches A < 0); A = -2, r = 0.5: min(-1, -1.6) = -1.6
+    loss, stats = sppo.policy_loss(logp, old, adv, mask, clip_eps=0.2, dual_clip=3.0)
+    assert loss.item() == pytest.approx(-(-3.0 - 2.0 + 1.2 - 1.6) / 4)
+    assert stats["dual_clip_frac"] == pytest.approx(1 / 4)
+    loss.backward()
+    # the capped token has no gradient; A = -1, r = 2 is beyond the clip on the side A pushes from: -r A / 4
+    assert torch.allclose(logp.grad, torch.tensor([0.0, 2.0 / 4, 0.0, 0.0]))
+    plain, stats = sppo.policy_loss(logp.detach(), old, adv, mask, clip_eps=0.2, dual_clip=None)
+    assert plain.item() == pytest.approx(-(-5.0 - 2.0 + 1.2 - 1.6) / 4) and stats["dual_clip_frac"] == 0.0
+    with pytest.raises(ValueError, match="dual_clip must be > 1"):
+        sppo.policy_loss(logp, old, adv, mask, dual_clip=1.0)
+
+
 def test_policy_loss_gradient_zero_where_clipped_or_masked():
     logp, old = _ratios([1.5, 0.5, 1.1, 1.0])
     mask = torch.tensor([1.0, 1.0, 1.0, 0.0])
