@@ -4,16 +4,73 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import control_suite  # noqa: E402
+
+
+def test_bootstrap_ci_exact_cases():
+    assert control_suite.bootstrap_ci([0.3, 0.3, 0.3]) == [0.3, 0.3]  # no spread, no interval
+    assert control_suite.bootstrap_ci([0.7]) == [0.7, 0.7]  # one seed
+    values = [0.0, 1.0, 1.0, 0.0, 1.0, 0.5]
+    low, high = control_suite.bootstrap_ci(values)
+    assert 0.0 <= low < sum(values) / len(values) < high <= 1.0
+    assert control_suite.bootstrap_ci([0.1, 0.5, 0.9]) == control_suite.bootstrap_ci([0.1, 0.5, 0.9])  # fixed
+
+
+def test_bootstrap_diff_verdicts():
+    high, low = [0.9, 0.95, 1.0, 0.92], [0.1, 0.0, 0.2]
+    ahead = control_suite.bootstrap_diff(high, low)
+    assert ahead["verdict"] == "ahead of" and 0 < ahead["ci95"][0] <= ahead["difference"] <= ahead["ci95"][1]
+    assert control_suite.bootstrap_diff(low, high)["verdict"] == "behind"
+    same = control_suite.bootstrap_diff([0.0, 1.0, 0.5], [0.4, 0.6, 0.5])
+    assert same["verdict"] == "not distinguishable from" and same["ci95"][0] < 0 < same["ci95"][1]
+    # one seed a side says nothing about the spread between seeds, whatever the gap
+    assert control_suite.bootstrap_diff([1.0], [0.0])["verdict"] == "not distinguishable from"
 
 
 def test_control_suite_quick(tmp_path):
     out = subprocess.run([sys.executable, "bench/control_suite.py", "--quick", "--envs", "CartPole-v1",
-                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     result = json.load(open(tmp_path / "results" / "control_suite.json"))
+    assert result["quick"] and len(result["runs"]) == 3 and all(r["curve"] for r in result["runs"])
     cartpole = result["results"]["CartPole-v1"]
-    assert set(cartpole) == {"sppo", "ppo", "grpo"}
-    for algo, r in cartpole.items():
-        assert 0.0 <= r["success_rate_median"] <= 1.0 and r["env_steps"] == 60_000, algo
-    assert "| CartPole-v1 | sppo |" in (tmp_path / "results" / "control_suite.md").read_text()
+    assert set(cartpole) == {"sppo", "ppo", "grpo", "verdicts"}
+    for algo in control_suite.ALGOS:
+        r = cartpole[algo]
+        assert r["ci95"][0] <= r["success_rate_mean"] <= r["ci95"][1], algo
+        assert r["seeds"] == [101] and r["env_steps"] == 60_000 and len(r["success_rates"]) == 1, algo
+        assert 0 <= r["reached_target"] <= 1 and r["wall_seconds_mean"] > 0, algo
+    assert set(cartpole["verdicts"]) == {"grpo", "ppo"}
+    for v in cartpole["verdicts"].values():
+        assert v["verdict"] in control_suite.VERDICTS and v["ci95"][0] <= v["difference"] <= v["ci95"][1]
+    md = (tmp_path / "results" / "control_suite.md").read_text()
+    assert "| CartPole-v1 | sppo | 60,000 |" in md and "- **CartPole-v1** (target 0.95): SPPO is " in md
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "results" / "control_CartPole-v1.png").stat().st_size > 0
+
+
+def test_control_ablation_quick_merges_by_name(tmp_path):
+    cmd = [sys.executable, "bench/control_ablation.py", "--quick", "--out", str(tmp_path / "runs"),
+           "--results", str(tmp_path / "results")]
+    first = subprocess.run(cmd + ["--only", "defaults", "--seeds", "2"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run(cmd + ["--only", "update epochs 8"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 0, second.stderr
+    table = json.load(open(tmp_path / "results" / "control_ablation.json"))["results"]
+    assert list(table) == ["defaults", "update epochs 8"]  # the first call's row is still there
+    for name, seeds in (("defaults", [101, 102]), ("update epochs 8", [101])):
+        r = table[name]
+        assert r["seeds"] == seeds and len(r["success_rates"]) == len(seeds) and r["quick"], name
+        assert r["budget"] == 5_000 and r["ci95"][0] <= r["success_rate_mean"] <= r["ci95"][1], name
+    assert table["update epochs 8"]["change"] == "--update-epochs 8"
+    assert table["update epochs 8"]["runs"][0]["config"]["update_epochs"] == 8
+    md = (tmp_path / "results" / "control_ablation.md").read_text()
+    assert "| defaults | Pendulum-v1 | `none` | 5,000 |" in md and "| update epochs 8 | CartPole-v1 |" in md
+    bad = subprocess.run(cmd + ["--only", "no such variant"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown variant" in bad.stderr
