@@ -66,7 +66,7 @@ def main():
                            ci95=bootstrap_ci(s), success_rates=s, seeds=[r["seed"] for r in rs],
                            return_mean=mean([r["mean_return"] for r in rs]), quick=args.quick,
                            measured=info, runs=rs)
-    names = [v[0] for v in VARIANTS]  # rows in VARIANTS' order, then names since removed from it (stable sort)
+    names = [v[0] for v in VARIANTS]  # rows in VARIANTS order, then names since removed from it
     table = {name: table[name] for name in sorted(table, key=lambda n: names.index(n) if n in names else 1e9)}
     lines = ["| variant | env | change | budget | success mean [95% CI] | success per seed | return (mean) "
              "| note |", "|---" * 8 + "|"]
