@@ -389,3 +389,15 @@ def test_hopper_forward_distance_is_the_torso_x_moved():
     envs = control.make_envs("Pendulum-v1", 2)
     ep = control.rollout(envs, StubAgent(envs.single_action_space), [1])[1]
     assert ep["length"][0] == 200 and np.isnan(ep["x_start"][0]) and np.isnan(ep["x_end"][0])
+
+
+def test_pendulum_success_is_upright_through_the_second_half():
+    """Swung up by step 100 and held within 0.3 rad: success; one step out of it (or still down): none."""
+    angle = np.zeros((200, 3))
+    angle[:100] = np.pi  # all three hang down first
+    angle[150, 1] = 0.35  # episode 1 tips out once
+    angle[100:, 2] = 0.29  # episode 2 leans, inside the band
+    ep = {"obs": np.stack([np.cos(angle), np.sin(angle), np.zeros_like(angle)], -1), "ret": np.zeros(3)}
+    assert list(control.ENVS["Pendulum-v1"]["success"](ep)) == [True, False, True]
+    angle[99, 0] = 0.0  # being upright before step 100 changes nothing
+    assert control.ENVS["Pendulum-v1"]["success"](ep)[0]
