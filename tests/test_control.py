@@ -304,19 +304,6 @@ def test_rollout_streams_seeded_episodes_through_fewer_envs(env_id):
 # ---------------------------------------------------------------------------------------------------
 # The success criteria measure the task: degenerate policies never succeed
 # ---------------------------------------------------------------------------------------------------
-class Fixed:
-    """A 'distribution' that always samples the same action (one row per sub-env)."""
-
-    def __init__(self, action):
-        self.action = action
-
-    def sample(self):
-        return self.action
-
-    def log_prob(self, action):
-        return torch.zeros(action.shape)
-
-
 class StubAgent:
     """Stands in for control.Agent in control.rollout: a constant action, or uniformly random ones."""
 
@@ -324,17 +311,17 @@ class StubAgent:
         self.space, self.action = space, action
         self.continuous = isinstance(space, control.gym.spaces.Box)
 
-    def dist(self, obs):
-        n = obs.shape[0]
-        if self.action is not None:
-            return Fixed(torch.as_tensor(np.stack([self.action] * n)))
-        if self.continuous:
-            low, high = (torch.as_tensor(b).expand(n, -1) for b in (self.space.low, self.space.high))
-            return torch.distributions.Uniform(low, high)
-        return torch.distributions.Categorical(logits=torch.zeros(n, self.space.n))
-
-    def log_prob(self, dist, action):
-        return dist.log_prob(action).sum(-1) if self.continuous else dist.log_prob(action)
+    def sampler(self, rng):
+        def act(obs):
+            n = obs.shape[0]
+            if self.action is not None:
+                action = np.stack([self.action] * n)
+            elif self.continuous:
+                action = rng.uniform(self.space.low, self.space.high, (n, *self.space.shape)).astype(np.float32)
+            else:
+                action = rng.integers(self.space.n, size=n)
+            return action, np.zeros(n, np.float32)
+        return act
 
 
 def degenerate_policies(space):
