@@ -357,14 +357,16 @@ def update(cfg, agent, actor_opt, critic_opt, steps, outcome, first=False):
             logp = agent.log_prob(dist, flat["actions"][idx])
             loss, pstats = sppo.policy_loss(logp, flat["logp"][idx], flat["adv"][idx], ones.expand_as(logp),
                                             cfg.clip_eps, cfg.dual_clip or None)
-            entropy = agent.entropy(dist).mean()
-            step(actor_opt, loss - cfg.ent_coef * entropy, cfg.max_grad_norm)
+            if cfg.ent_coef:  # the bonus needs the entropy's gradient; without one it is only reported (below)
+                loss = loss - cfg.ent_coef * agent.entropy(dist).mean()
+            step(actor_opt, loss, cfg.max_grad_norm)
             if cfg.algo == "ppo":
                 vloss = sppo.value_loss(agent.value(flat["obs"][idx]), flat["returns"][idx],
                                         ones.expand_as(logp))
                 step(critic_opt, vloss, cfg.max_grad_norm)
                 stats["critic_loss"] = vloss.item()
-    stats.update(pstats, entropy=entropy.item())
+    with torch.no_grad():
+        stats.update(pstats, entropy=agent.entropy(dist).mean().item())  # of the last minibatch
     agent.update_obs_stats(flat["obs"])  # after the update, so one update sees one normalisation
     return stats
 
