@@ -180,12 +180,16 @@ def rollout(envs, agent, seeds):
     sub-envs left without an episode near the end keep stepping, masked out and not counted.
     The vector env autoresets on the step AFTER an episode ends; we restart a finished sub-env at once
     (reset_mask) instead, so every step's info belongs to the episode of that sub-env's slot.
+    The loop runs once per env step, so it stays in numpy: the policy too (Agent.sampler), and the steps go
+    into preallocated arrays, turned into tensors once at the end.
     """
     n, n_env, max_t = len(seeds), envs.num_envs, envs.spec.max_episode_steps
+    space = envs.single_action_space
     ep = dict(ret=np.zeros(n), length=np.zeros(n, dtype=np.int64), min_x=np.zeros(n), max_x=np.zeros(n),
               terminated=np.zeros(n, dtype=bool), x_start=np.full(n, np.nan), x_end=np.full(n, np.nan))
-    buf = dict(obs=torch.zeros(max_t, n, envs.single_observation_space.shape[0]), logp=torch.zeros(max_t, n),
-               mask=torch.zeros(max_t, n))
+    buf = dict(obs=np.zeros((max_t, n, envs.single_observation_space.shape[0]), np.float32),
+               actions=np.zeros((max_t, n, *space.shape), space.dtype), logp=np.zeros((max_t, n), np.float32))
+    act = agent.sampler(np.random.default_rng(int(torch.randint(2**62, ()))))  # torch.manual_seed fixes it
     slot = np.full(n_env, -1)  # the episode each sub-env is playing, -1 for none
     slot[:min(n, n_env)] = np.arange(min(n, n_env))
     obs, info = start_episodes(envs, slot >= 0, seeds[:n_env])
@@ -194,19 +198,11 @@ def rollout(envs, agent, seeds):
     while (slot >= 0).any():
         on = slot >= 0
         j, t = slot[on], ep["length"][slot[on]]  # episode and step index of each busy sub-env
-        obs_t = torch.as_tensor(obs, dtype=torch.float32)
-        with torch.no_grad():
-            dist = agent.dist(obs_t)
-            action = dist.sample()
-            logp = agent.log_prob(dist, action)
-        if "actions" not in buf:
-            buf["actions"] = torch.zeros((max_t, n, *action.shape[1:]), dtype=action.dtype)
-        buf["obs"][t, j], buf["actions"][t, j] = obs_t[on], action[on]
-        buf["logp"][t, j], buf["mask"][t, j] = logp[on], 1
-        a = action.numpy()
+        action, logp = act(obs)
+        buf["obs"][t, j], buf["actions"][t, j], buf["logp"][t, j] = obs[on], action[on], logp[on]
         if agent.continuous:  # the Gaussian is unbounded; the env gets the action clipped to its box
-            a = np.clip(a, envs.single_action_space.low, envs.single_action_space.high)
-        obs, reward, terminated, truncated, info = envs.step(a)
+            action = np.clip(action, space.low, space.high)
+        obs, reward, terminated, truncated, info = envs.step(action)
         ep["ret"][j] += reward[on]
         ep["length"][j] += 1
         ep["min_x"][j] = np.minimum(ep["min_x"][j], obs[on, 0])
@@ -226,8 +222,9 @@ def rollout(envs, agent, seeds):
                 record_start(ep, slot[restart], which, obs, info)
                 next_ep += len(restart)
     length = int(ep["length"].max())
+    buf["mask"] = (np.arange(length)[:, None] < ep["length"]).astype(np.float32)  # real steps come first
     ep["obs"] = buf["obs"][:length]  # [T, n, obs_dim], each step's observation before its action
-    return {k: v[:length] for k, v in buf.items()}, ep
+    return {k: torch.from_numpy(v[:length]) for k, v in buf.items()}, ep
 
 
 def record_start(ep, j, which, obs, info):
@@ -285,9 +282,39 @@ class Agent(nn.Module):
         self.obs_var.copy_(m2 / total)
         self.obs_count.fill_(total)
 
-    def dist(self, obs):
+    def dist(self, obs):  # validate_args=False: the checks cost more than the small MLP
         out = self.actor(self.normalise(obs))
-        return Normal(out, self.log_std.exp()) if self.continuous else Categorical(logits=out)
+        if self.continuous:
+            return Normal(out, self.log_std.exp(), validate_args=False)
+        return Categorical(logits=out, validate_args=False)
+
+    @torch.no_grad()
+    def sampler(self, rng):
+        """The policy as a numpy function obs [n, obs_dim] -> (sampled actions, their float32 log-probs),
+        the same maths as log_prob(dist(obs), action): rollout() calls it once per env step, and on a few
+        dozen observations numpy runs this small MLP several times faster than torch (whose fixed cost per
+        operation dominates). rng (a numpy Generator) draws the actions. The weights are read once: they do
+        not change during a rollout."""
+        (w1, b1), (w2, b2), (w3, b3) = [(lin.weight.numpy().T, lin.bias.numpy()) for lin in self.actor[::2]]
+        mean, std = self.obs_mean.numpy(), torch.sqrt(self.obs_var + 1e-8).numpy()
+        log_std = self.log_std.numpy() if self.continuous else None
+
+        def act(obs):
+            x = np.clip((obs.astype(np.float32) - mean) / std, -10, 10)
+            out = np.tanh(np.tanh(x @ w1 + b1) @ w2 + b2) @ w3 + b3
+            if self.continuous:  # Normal(out, exp(log_std)): a = out + std * noise
+                noise = rng.standard_normal(out.shape, dtype=np.float32)
+                scale = np.exp(log_std)
+                action = out + scale * noise
+                logp = -(action - out) ** 2 / (2 * scale**2) - log_std - math.log(math.sqrt(2 * math.pi))
+                return action, logp.sum(-1)
+            logits = out - out.max(-1, keepdims=True)  # Categorical(logits=out): log-softmax, inverse CDF
+            logits -= np.log(np.exp(logits).sum(-1, keepdims=True))
+            u = rng.random((len(out), 1), dtype=np.float32)
+            action = np.minimum((np.exp(logits).cumsum(-1) <= u).sum(-1), out.shape[-1] - 1)
+            return action, np.take_along_axis(logits, action[:, None], -1)[:, 0]
+
+        return act
 
     def log_prob(self, dist, action):
         return dist.log_prob(action).sum(-1) if self.continuous else dist.log_prob(action)
@@ -338,14 +365,16 @@ def update(cfg, agent, actor_opt, critic_opt, steps, outcome, first=False):
             logp = agent.log_prob(dist, flat["actions"][idx])
             loss, pstats = sppo.policy_loss(logp, flat["logp"][idx], flat["adv"][idx], ones.expand_as(logp),
                                             cfg.clip_eps, cfg.dual_clip or None)
-            entropy = agent.entropy(dist).mean()
-            step(actor_opt, loss - cfg.ent_coef * entropy, cfg.max_grad_norm)
+            if cfg.ent_coef:  # the bonus needs the entropy's gradient; without one it is only reported (below)
+                loss = loss - cfg.ent_coef * agent.entropy(dist).mean()
+            step(actor_opt, loss, cfg.max_grad_norm)
             if cfg.algo == "ppo":
                 vloss = sppo.value_loss(agent.value(flat["obs"][idx]), flat["returns"][idx],
                                         ones.expand_as(logp))
                 step(critic_opt, vloss, cfg.max_grad_norm)
                 stats["critic_loss"] = vloss.item()
-    stats.update(pstats, entropy=entropy.item())
+    with torch.no_grad():
+        stats.update(pstats, entropy=agent.entropy(dist).mean().item())  # of the last minibatch
     agent.update_obs_stats(flat["obs"])  # after the update, so one update sees one normalisation
     return stats
 

@@ -304,19 +304,6 @@ def test_rollout_streams_seeded_episodes_through_fewer_envs(env_id):
 # ---------------------------------------------------------------------------------------------------
 # The success criteria measure the task: degenerate policies never succeed
 # ---------------------------------------------------------------------------------------------------
-class Fixed:
-    """A 'distribution' that always samples the same action (one row per sub-env)."""
-
-    def __init__(self, action):
-        self.action = action
-
-    def sample(self):
-        return self.action
-
-    def log_prob(self, action):
-        return torch.zeros(action.shape)
-
-
 class StubAgent:
     """Stands in for control.Agent in control.rollout: a constant action, or uniformly random ones."""
 
@@ -324,17 +311,18 @@ class StubAgent:
         self.space, self.action = space, action
         self.continuous = isinstance(space, control.gym.spaces.Box)
 
-    def dist(self, obs):
-        n = obs.shape[0]
-        if self.action is not None:
-            return Fixed(torch.as_tensor(np.stack([self.action] * n)))
-        if self.continuous:
-            low, high = (torch.as_tensor(b).expand(n, -1) for b in (self.space.low, self.space.high))
-            return torch.distributions.Uniform(low, high)
-        return torch.distributions.Categorical(logits=torch.zeros(n, self.space.n))
-
-    def log_prob(self, dist, action):
-        return dist.log_prob(action).sum(-1) if self.continuous else dist.log_prob(action)
+    def sampler(self, rng):
+        def act(obs):
+            n = obs.shape[0]
+            if self.action is not None:
+                action = np.stack([self.action] * n)
+            elif self.continuous:
+                action = rng.uniform(self.space.low, self.space.high, (n, *self.space.shape))
+                action = action.astype(np.float32)
+            else:
+                action = rng.integers(self.space.n, size=n)
+            return action, np.zeros(n, np.float32)
+        return act
 
 
 def degenerate_policies(space):
@@ -401,3 +389,111 @@ def test_pendulum_success_is_upright_through_the_second_half():
     assert list(control.ENVS["Pendulum-v1"]["success"](ep)) == [True, False, True]
     angle[99, 0] = 0.0  # being upright before step 100 changes nothing
     assert control.ENVS["Pendulum-v1"]["success"](ep)[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fast rollout computes what a plain loop computes
+# ---------------------------------------------------------------------------------------------------
+def perturbed_agent(env_id, seed=0):
+    """An Agent whose weights, log_std and observation statistics are far from their initial values."""
+    torch.manual_seed(seed)
+    agent = control.build(control.make_config({"env": env_id}))[0]
+    with torch.no_grad():
+        for p in agent.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+        agent.obs_mean.normal_()
+        agent.obs_var.uniform_(0.1, 3.0)
+    return agent
+
+
+@pytest.mark.parametrize("env_id", list(control.ENVS))
+def test_sampler_log_probs_are_those_the_update_recomputes(env_id):
+    agent = perturbed_agent(env_id)
+    obs = np.random.default_rng(0).normal(size=(512, agent.obs_mean.shape[0])) * 2
+    action, logp = agent.sampler(np.random.default_rng(1))(obs)
+    assert logp.dtype == np.float32
+    with torch.no_grad():  # the update's path: float32 tensors of the stored obs and actions
+        again = agent.log_prob(agent.dist(torch.as_tensor(obs, dtype=torch.float32)), torch.as_tensor(action))
+    assert np.abs(again.numpy() - logp).max() < 1e-5
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_sampler_draws_from_the_policy(env_id):
+    """Actions drawn by the numpy sampler follow the torch distribution of Agent.dist."""
+    agent = perturbed_agent(env_id, seed=3)
+    obs = np.repeat(np.random.default_rng(0).normal(size=(1, agent.obs_mean.shape[0])), 40_000, axis=0)
+    action, _ = agent.sampler(np.random.default_rng(2))(obs)
+    with torch.no_grad():
+        dist = agent.dist(torch.as_tensor(obs[:1], dtype=torch.float32))
+    if agent.continuous:
+        assert np.allclose(action.mean(0), dist.mean[0].numpy(), atol=0.03)
+        assert np.allclose(action.std(0), dist.stddev[0].numpy(), rtol=0.03)
+    else:
+        freq = np.bincount(action, minlength=dist.probs.shape[-1]) / len(action)
+        assert np.allclose(freq, dist.probs[0].numpy(), atol=0.01)
+
+
+RULES = {  # a fixed policy per env: a deterministic function of the observation (unclipped for boxes)
+    # CartPole: push towards the pole's lean, which swings ever wider and falls in ~25-50 steps (a policy that
+    # balances 500 steps lets the batched env's float rounding, which differs from the plain env's, grow)
+    "CartPole-v1": lambda obs: (obs[:, 2] > 0).astype(np.int64),
+    "MountainCar-v0": lambda obs: np.where(obs[:, 1] > 0, 2, 0),  # push along the velocity: reaches the flag
+    "LunarLander-v3": lambda obs: np.where(obs[:, 3] < -0.3, 2, np.where(obs[:, 4] > 0, 3, 1)),
+    "Pendulum-v1": lambda obs: -4.0 * obs[:, 2:3],  # beyond the box [-2, 2]: the env gets it clipped
+    "Hopper-v5": lambda obs: -5.0 * obs[:, 2:5] - 0.5 * obs[:, 8:11],  # holds its joints: stands for a while
+}
+
+
+class RuleAgent:
+    """Stands in for control.Agent in control.rollout: the fixed policy RULES[env_id]."""
+
+    def __init__(self, env_id, space):
+        self.rule, self.continuous = RULES[env_id], isinstance(space, control.gym.spaces.Box)
+
+    def sampler(self, rng):
+        return lambda obs: (self.rule(obs), np.zeros(len(obs), np.float32))
+
+
+@pytest.mark.parametrize("env_id", list(control.ENVS))
+def test_rollout_matches_a_plain_loop_per_seed(env_id):
+    """Each episode of rollout() (7 episodes, repeated seeds, through 3 sub-envs) is the episode of one plain
+    gymnasium env reset with its seed and stepped with the same fixed policy: the same observations, actions,
+    length, return, termination, x range and outcome; the mask is 1 on its steps and the padding is zero."""
+    seeds = [3, 1, 4, 1, 5, 9, 2]
+    envs = control.make_envs(env_id, 3)
+    agent = RuleAgent(env_id, envs.single_action_space)
+    steps, ep = control.rollout(envs, agent, seeds)
+    envs.close()
+    single, spec = control.gym.make(env_id), control.ENVS[env_id]
+    T = steps["mask"].shape[0]
+    assert T == ep["length"].max()
+    for j, s in enumerate(seeds):
+        obs, info = single.reset(seed=s)
+        ret, xs, x_start, observations, actions = 0.0, [obs[0]], info.get("x_position", np.nan), [], []
+        terminated = truncated = False
+        while not (terminated or truncated):
+            action = agent.rule(obs[None])[0]
+            observations.append(obs)
+            actions.append(action)
+            if agent.continuous:
+                action = np.clip(action, single.action_space.low, single.action_space.high)
+            obs, reward, terminated, truncated, info = single.step(action)
+            ret += reward
+            xs.append(obs[0])
+        n = len(actions)
+        assert ep["length"][j] == n and ep["terminated"][j] == terminated, (j, s)
+        assert np.isclose(ep["ret"][j], ret, rtol=1e-6, atol=1e-6), (j, s)
+        assert np.isclose(ep["min_x"][j], min(xs)) and np.isclose(ep["max_x"][j], max(xs))
+        assert np.allclose(steps["obs"][:n, j].numpy(), np.array(observations, np.float32), atol=1e-4)
+        assert np.allclose(steps["actions"][:n, j].numpy(), np.array(actions), atol=1e-6)
+        assert torch.equal(steps["mask"][:, j], (torch.arange(T) < n).float())
+        assert not steps["obs"][n:, j].any() and not steps["logp"][n:, j].any()  # padding is zero
+        if "x_position" in info:
+            assert ep["x_start"][j] == x_start and ep["x_end"][j] == info["x_position"]
+        else:
+            assert np.isnan(ep["x_start"][j]) and np.isnan(ep["x_end"][j])
+    first = [seeds.index(s) for s in seeds]  # repeated seeds: the same episode, outcome and success
+    one = {k: v[:, first] if k == "obs" else v[first] for k, v in ep.items()}
+    assert np.array_equal(spec["outcome"](ep), spec["outcome"](one))
+    assert np.array_equal(spec["success"](ep), spec["success"](one))
+    assert ep["length"].min() >= 20, ep["length"]  # the rules play real episodes, not instant failures
