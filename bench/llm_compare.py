@@ -58,8 +58,8 @@ FULL = dict(model="smollm2", samples=64, group_size=8, minibatches=4, max_new_to
             critic_layers=6, budget=480, eval_every_seconds=60, seeds=[1, 2, 3], sweep_budget=360,
             sweep_seeds=[11, 12], grid_size=3, train_problems=5000)
 QUICK = dict(model="tiny", samples=16, group_size=8, minibatches=2, max_new_tokens=8, eval_size=16,
-             critic_layers=1, budget=3, eval_every_seconds=0.25, seeds=[1, 2], sweep_budget=1, sweep_seeds=[11],
-             grid_size=2, train_problems=500)  # the tiny model has 2 layers; fewer rows to encode
+             critic_layers=1, budget=3, eval_every_seconds=0.25, seeds=[1, 2], sweep_budget=1,
+             sweep_seeds=[11], grid_size=2, train_problems=500)  # tiny: 2 layers; fewer rows to encode
 LRS = {"sppo": (3e-5, 1e-4), "grpo": (3e-5, None), "ppo": (3e-5, 1e-4)}  # (actor, critic): llm_train defaults
 PAIRS = [(1e-5, 3e-5), (3e-5, 1e-4), (6e-5, 3e-4)]  # critic lr ~3x actor lr, as in llm_train's defaults
 GRID = {"sppo": PAIRS, "grpo": [(lr, None) for lr, _ in PAIRS], "ppo": PAIRS}
@@ -189,7 +189,9 @@ def speedups(curves, grid):
             reasons.append(f"SPPO's mean curve peaks at its start ({s[0]:.3f}): no time to its peak")
         if t_s_at_g is None:
             reasons.append(f"SPPO's mean curve stays below GRPO's mean peak {g.max():.3f}")
-        elif t_s_at_g > 0:
+        elif t_s_at_g == 0:
+            reasons.append("SPPO's mean curve starts at or above GRPO's mean peak")
+        else:
             out["ours"] = t_g / t_s_at_g
     if reasons:
         out["reason"] = "; ".join(reasons)
