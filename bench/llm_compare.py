@@ -3,7 +3,7 @@ the small critic against the full one; the tail effect.
 
     python bench/llm_compare.py --sweep --jobs 2   # 1. lr per algorithm on the validation split (~95 min)
     python bench/llm_compare.py --jobs 2           # 2. the comparison, with the sweep's lrs (~100 min)
-    python bench/llm_compare.py --quick [--sweep]  # random tiny model, offline, about a minute: a smoke test
+    python bench/llm_compare.py --quick [--sweep]  # random tiny model, offline, 1-3 min: a smoke test
 
 Every run is `python llm_train.py ...` in its own process (OMP_NUM_THREADS=1, --threads 1; --jobs 2 runs two
 side by side), in OUT/<run>/ with its log in log.txt. The same for all runs:
@@ -26,13 +26,16 @@ side by side), in OUT/<run>/ with its log in log.txt. The same for all runs:
             comparison reads (else LRS below, llm_train's defaults); sppo_full_critic takes sppo's.
 
 Duration, estimated (not measured) from the earlier run of this script (commit 064feb4, --jobs 2, one thread
-each, on this 2-core machine under load: GRPO at 64 samples/step took 121 s a step; wall minus training
-seconds of the runs gave ~40 s to load SmolLM2 and ~40 s per greedy evaluation of 128 problems) and one smoke
-step of sppo at 64 samples here (see SMOKE below). A comparison run: 40 s loading + 5 evaluations x 80 s +
-480 s + on average half a step (~60 s) past the budget = ~990 s; 12 runs on 2 workers = 6 rounds = ~99 min
-(106 min if every run overshoots by a whole step). The sweep: 18 runs x (40 + 2 x 80 + 360 + 60 s) / 2 =
-~93 min. A machine with more load makes the steps slower, not the budget longer: fewer steps, same time, but
-evaluations slow down too (+-15%).
+each, on this 2-core machine: GRPO at 64 samples/step took 121 s a step; wall minus training seconds of the
+runs gave ~40 s to load SmolLM2 and ~40 s per greedy evaluation of 128 problems). A comparison run: 40 s
+loading + 5 evaluations x 80 s + 480 s + on average half a step (~60 s) past the budget = ~990 s; 12 runs on
+2 workers = 6 rounds = ~99 min (106 min if every run overshoots by a whole step). The sweep: 18 runs x
+(40 + 2 x 80 + 360 + 60 s) / 2 = ~93 min. Smoke check (one sppo step at 64 samples, 4 minibatches, alone,
+while other engineers' runs held the load average at ~6.6): 223 training seconds (generate 43, old log-probs
+and values 42, critic 15, policy 123), 136 s loading and two evaluations of 64 problems, peak RSS 6.8 GB (two
+runs side by side fit in 24 GB). On a CPU that busy a run makes 3 steps in the budget (4 evaluation points,
+not 5) and evaluations take twice as long: ~6 x (40 + 4 x 160 + 480 + 110) = ~127 min. Run it when the load
+average is about 2 or less.
 
 Writes RESULTS/llm_compare.{json,md}, llm_accuracy.png and llm_tail_effect.png (plots need matplotlib);
 --sweep writes RESULTS/llm_sweep.{json,md}. RESULTS is bench/results, or OUT/results with --quick.
