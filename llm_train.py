@@ -79,6 +79,8 @@ class Config:
     reward: str = ""  # your reward, FILE.py:FUNCTION or module:function, f(completion, answer) -> [0, 1]
     eval_size: int = 256  # held-out problems for greedy evaluation
     eval_every: int = 0  # also evaluate every N steps (0 = only before and after)
+    eval_every_seconds: float = 0.0  # also evaluate when training seconds pass a multiple of this (0 = off)
+    time_budget: float = 0.0  # stop training once this many training seconds have passed (0 = off)
     eval_batch_size: int = 64  # prompts per greedy generation batch
     save_every: int = 0  # also checkpoint every N steps (0 = only at the end and on Ctrl-C)
     samples_every: int = 4  # log a few sample completions every N steps (0 = never)
@@ -100,6 +102,8 @@ ARITHMETIC = {  # level: (operator, range of a, range of b)
     "add1": ("+", (0, 9), (0, 9)), "add2": ("+", (10, 99), (10, 99)), "sub2": ("-", (10, 99), (10, 99)),
     "mul1": ("*", (0, 9), (0, 9)), "mul21": ("*", (10, 99), (2, 9)), "add21": ("+", (10, 99), (1, 9)),
     "sub21": ("-", (10, 99), (1, 9)), "sub1": ("-", (0, 9), (0, 9))}
+# Training seconds: the sum of these per-step times in metrics.jsonl; evaluation and loading do not count.
+TIME_KEYS = ("time_generate", "time_score", "time_old_logp", "time_critic", "time_policy")
 RUN_FILES = ("config.json", "metrics.jsonl", "values.jsonl", "summary.json", "latest")  # mark a run folder
 
 
@@ -788,19 +792,24 @@ def log_step(run, b, m):
     TensorBoard). A non-finite number stops the run: the weights are suspect, the last checkpoint is kept."""
     cfg, rewards, rmask, step = run.cfg, b["rewards"], b["rmask"], m["step"]
     run.state["generated_tokens"] += int(rmask.sum())
+    before = run.state["train_seconds"]
+    run.state["train_seconds"] += sum(m[k] for k in TIME_KEYS)
     ended = torch.isin(b["resp"], torch.tensor(run.eos_ids, device=run.device)).any(1)
     m.update(reward_mean=rewards.mean().item(), accuracy=(rewards == 1).float().mean().item(),
              advantage_mean=b["adv"].mean().item(), entropy=sppo.masked_mean(b["entropy"], rmask).item(),
              response_length=rmask.sum(1).float().mean().item(), tokens_generated=int(rmask.sum()),
              truncated=1 - ended.float().mean().item(), generated_tokens_total=run.state["generated_tokens"],
              peak_memory_bytes=peak_memory(run.device), lr=run.actor_sched.get_last_lr()[0],
-             wall_seconds=wall(run))
+             wall_seconds=wall(run), train_seconds=run.state["train_seconds"])
     if cfg.samples_every and (step % cfg.samples_every == 0 or step == 1):
         rows = run.data["train_rows"]
         m["samples"] = [dict(prompt=rows[p]["prompt"], answer=rows[p]["answer"], completion=t, reward=r)
                         for p, t, r in list(zip(b["picks"], b["texts"], rewards.tolist()))[:3]]
     run.state["step"] = step  # the weights are this step's now (an evaluation that fails saves them)
-    if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+    every = cfg.eval_every_seconds
+    due = ((cfg.eval_every and step % cfg.eval_every == 0)
+           or (every and run.state["train_seconds"] // every > before // every))
+    if due and not last_step(run, step):  # the last step's evaluation is finish()'s
         m["eval_accuracy"], m["eval_response_length"] = evaluate_run(run)
         run.state["eval_history"].append({"step": step, "eval_accuracy": m["eval_accuracy"]})
     for k, v in m.items():
@@ -809,6 +818,11 @@ def log_step(run, b, m):
                  save=False)
     write_logs(run, m, b)
     run.state["wall_seconds"] = wall(run)
+
+
+def last_step(run, step):
+    """--steps done, or --time-budget training seconds spent."""
+    return step >= run.cfg.steps or 0 < run.cfg.time_budget <= run.state["train_seconds"]
 
 
 def write_logs(run, m, b):
@@ -1014,7 +1028,7 @@ def check_config(cfg):
     at_least = dict(steps=1, batch_size=1, minibatches=1, ppo_epochs=1, max_new_tokens=1,
                     max_prompt_tokens=1, eval_size=1, eval_batch_size=1, eval_every=0, save_every=0,
                     samples_every=0, critic_layers=0, threads=0, seed=0, warmup_steps=0, lr=0, critic_lr=0,
-                    weight_decay=0, gamma=0, lam=0)
+                    weight_decay=0, gamma=0, lam=0, time_budget=0, eval_every_seconds=0)
     for name, low in at_least.items():
         if getattr(cfg, name) < low:
             fail(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(cfg, name)}")
@@ -1080,7 +1094,7 @@ def build_run(cfg, saved, reward, t_start):
     critic_opt = (torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
                   if critic is not None else None)
     state = dict(step=0, value_initialised=False, eval_accuracy_before=None, eval_history=[],
-                 generated_tokens=0, wall_seconds=0.0)
+                 generated_tokens=0, wall_seconds=0.0, train_seconds=0.0)
     run = Run(cfg=cfg, device=device, policy=policy, tok=tok, critic=critic, critic_tok=critic_tok,
               actor_opt=actor_opt, critic_opt=critic_opt, actor_sched=LambdaLR(actor_opt, warmup),
               critic_sched=LambdaLR(critic_opt, warmup) if critic_opt else None,
@@ -1093,13 +1107,14 @@ def build_run(cfg, saved, reward, t_start):
         random.setstate(saved[1]["python_rng"])
         if saved[1].get("cuda_rng"):
             torch.cuda.set_rng_state_all(saved[1]["cuda_rng"])
-        run.state = saved[1]["state"]
+        run.state = {"train_seconds": 0.0, **saved[1]["state"]}  # (checkpoints before --time-budget lack it)
         run.wall_before, run.saved_step = run.state["wall_seconds"], run.state["step"]
     return run
 
 
 def train(run):
-    """Steps state["step"] + 1 .. cfg.steps. Ctrl-C lets the current step finish, saves, and exits 130."""
+    """Steps state["step"] + 1 .. cfg.steps, fewer once --time-budget is spent. Ctrl-C lets the current step
+    finish, saves, and exits 130."""
     cfg, stop_now = run.cfg, []
 
     def on_sigint(signum, frame):
@@ -1120,12 +1135,14 @@ def train(run):
             log_step(run, b, m)
             bar.update(1)
             bar.set_postfix(reward=f"{m['reward_mean']:.2f}", len=f"{m['response_length']:.0f}")
-            if stop_now or step == cfg.steps or (cfg.save_every and step % cfg.save_every == 0):
+            if stop_now or last_step(run, step) or (cfg.save_every and step % cfg.save_every == 0):
                 save_checkpoint(run)
             if stop_now:
                 bar.close()
                 print(f"stopped at step {step}; resume with --resume {cfg.out}", file=sys.stderr)
                 sys.exit(130)
+            if last_step(run, step):  # the budget is spent before --steps: end as after the last step
+                break
     finally:
         bar.close()
         signal.signal(signal.SIGINT, previous)
@@ -1138,13 +1155,15 @@ def finish(run):
     cfg, state = run.cfg, run.state
     try:
         acc, length = evaluate_run(run)
-        state["eval_history"].append(dict(step=cfg.steps, eval_accuracy=acc, eval_response_length=length))
-        log_scalars(run, {"step": cfg.steps, "eval_accuracy": acc})
+        state["eval_history"].append(dict(step=state["step"], eval_accuracy=acc, eval_response_length=length))
+        log_scalars(run, {"step": state["step"], "eval_accuracy": acc})
     except KeyboardInterrupt:
         acc = None
-    summary = dict(model=cfg.model, algo=cfg.algo, steps=cfg.steps, eval_problems=len(run.data["eval_rows"]),
+    summary = dict(model=cfg.model, algo=cfg.algo, steps=state["step"],
+                   eval_problems=len(run.data["eval_rows"]),
                    eval_accuracy_before=state["eval_accuracy_before"], eval_accuracy_after=acc,
                    eval_history=state["eval_history"], wall_seconds=wall(run),
+                   train_seconds=state["train_seconds"], stopped_by_time_budget=state["step"] < cfg.steps,
                    generated_tokens=state["generated_tokens"], peak_memory_bytes=peak_memory(run.device),
                    device=run.device.type, threads=torch.get_num_threads(), interrupted=acc is None,
                    checkpoint=os.path.join(cfg.out, f"checkpoint-{run.saved_step:06d}"))
@@ -1166,6 +1185,8 @@ def main(argv=None):
     saved = read_checkpoint(cfg.resume) if cfg.resume else None
     if saved and saved[1]["state"]["step"] >= cfg.steps:
         fail(f"--resume {cfg.resume}: already at step {saved[1]['state']['step']}; pass a larger --steps")
+    if saved and 0 < cfg.time_budget <= saved[1]["state"].get("train_seconds", 0.0):
+        fail(f"--resume {cfg.resume}: its --time-budget is spent; pass a larger one (or 0)")
     for name, flag in ((cfg.model, "--model"), (cfg.critic_model, "--critic-model")):
         if name and not saved and not (flag == "--critic-model" and cfg.algo == "grpo"):
             check_model(name, flag)

@@ -1,32 +1,44 @@
-"""LLM benchmark: SPPO vs GRPO (8 samples per prompt) vs token-level PPO, the small critic, the tail effect.
+"""LLM benchmark: SPPO vs GRPO vs token-level PPO, equal samples per step, equal training seconds, 3 seeds;
+the small critic against the full one; the tail effect.
 
-SPPO samples 1 response per prompt, GRPO 8. Every run is `python llm_train.py ...` with the same model, task,
-prompts per step and held-out set, one torch thread, one run at a time (runs in OUT/<run>/, log in log.txt).
+    python bench/llm_compare.py --sweep --jobs 2   # 1. lr per algorithm on the validation split (~95 min)
+    python bench/llm_compare.py --jobs 2           # 2. the comparison, with the sweep's lrs (~100 min)
+    python bench/llm_compare.py --quick [--sweep]  # random tiny model, offline, 1-3 min: a smoke test
 
-    python bench/llm_compare.py --jobs 2   # SmolLM2-135M (embedded), 32 min measured, one thread per run
-    python bench/llm_compare.py --quick    # random tiny model, no download, under a minute: a smoke test only
+Every run is `python llm_train.py ...` in its own process (OMP_NUM_THREADS=1, --threads 1; --jobs 2 runs two
+side by side), in OUT/<run>/ with its log in log.txt. The same for all runs:
+  samples   64 per step: sppo and ppo 64 prompts x 1 response, grpo 8 prompts x 8 (--group-size 8); 4
+            minibatches of 16 samples (one AdamW step each), 1 epoch (--ppo-epochs 1).
+  budget    --time-budget 480 training seconds: each step's generate + score + old-logp + critic + policy time
+            (loading and evaluation do not count). A run stops at the first step past it (--steps 1000
+            is never reached), so runs end within one step (~2 min) after 480 s: `train_seconds` says where.
+  test set  OUT/data/test.jsonl, written once: llm_train.arithmetic(levels, 256, 0, "test"), whatever the
+            seed; greedy accuracy on it at the start, each 60 training seconds (--eval-every-seconds: in
+            effect after every step, as a step takes ~2 min) and at the end: 5 points for 4 steps.
+  training  OUT/data/train_s<seed>.jsonl: arithmetic(levels, 5000, seed, "train") minus the validation
+            bucket (problems with crc32(prompt) % 4 == 0); OUT/data/val.jsonl: 256 distinct problems of that
+            bucket, never trained on, never tested on: the sweep's yardstick.
+  runs      sppo (6-layer critic), grpo, ppo (6-layer per-token critic), sppo_full_critic (--critic-layers 0,
+            all 30 layers); seeds 1, 2, 3.
+  sweep     (actor lr, critic lr) for sppo and ppo: (1e-5, 3e-5), (3e-5, 1e-4), (6e-5, 3e-4); grpo's actor lr
+            1e-5, 3e-5, 6e-5. Seeds 11 and 12 (not the comparison's), 360 training seconds, validation
+            accuracy at the end. The best mean per algorithm goes to RESULTS/llm_sweep.json, which the
+            comparison reads (else LRS below, llm_train's defaults); sppo_full_critic takes sppo's.
 
-Runs (full mode: 8 prompts per step, 128 held-out problems, at most 32 new tokens):
-  sppo              24 steps, 8 samples/step, 6-layer critic (of 30)       accuracy every 8 steps
-  grpo               8 steps, 64 samples/step (--group-size 8), no critic  accuracy every 2 steps
-  ppo               24 steps, 8 samples/step, 6-layer per-token critic     accuracy every 8 steps
-  sppo_full_critic  24 steps, as sppo but --critic-layers 0 (30 layers)     accuracy before and after only
-A GRPO step costs about as much as 6-8 SPPO steps, so SPPO and PPO get 3x the steps: the curves are compared
-against training time and generated tokens, not steps. "Training seconds" add up each step's
-generate/score/old-log-prob/critic/policy times from metrics.jsonl: model loading and evaluation are left out,
-so evaluating GRPO more often does not slow it down.
+Duration, estimated (not measured) from the earlier run of this script (commit 064feb4, --jobs 2, one thread
+each, on this 2-core machine: GRPO at 64 samples/step took 121 s a step; wall minus training seconds of the
+runs gave ~40 s to load SmolLM2 and ~40 s per greedy evaluation of 128 problems). A comparison run: 40 s
+loading + 5 evaluations x 80 s + 480 s + on average half a step (~60 s) past the budget = ~990 s; 12 runs on
+2 workers = 6 rounds = ~99 min (106 min if every run overshoots by a whole step). The sweep: 18 runs x
+(40 + 2 x 80 + 360 + 60 s) / 2 = ~93 min. Smoke check (one sppo step at 64 samples, 4 minibatches, alone,
+while other engineers' runs held the load average at ~6.6): 223 training seconds (generate 43, old log-probs
+and values 42, critic 15, policy 123), 136 s loading and two evaluations of 64 problems, peak RSS 6.8 GB (two
+runs side by side fit in 24 GB). On a CPU that busy a run makes 3 steps in the budget (4 evaluation points,
+not 5) and evaluations take twice as long: ~6 x (40 + 4 x 160 + 480 + 110) = ~127 min. Run it when the load
+average is about 2 or less.
 
-Duration estimate of the full mode, from the measured default run of SmolLM2 on this machine (1 thread, loaded
-CPU; 32 samples/step: generation 10.4 s, old log-probs + values 9.0 s, critic 3.5 s, policy 24.6 s, so about
-1.2 s per sample outside generation): sppo 24 x (8 x 1.2 + ~5 s generation) = ~350 s; ppo ~400 s;
-grpo 8 x (64 x 1.0 + ~15 s) = ~630 s; sppo_full_critic ~460 s (a 5x bigger critic); 15 greedy evaluations of
-128 problems at ~30 s = ~450 s; 4 model loads at ~40 s = ~160 s. In all about 2,450 s = ~41 min, uncertain by
-perhaps +-25% (the per-step costs were measured at 32 prompts/step; small batches use the CPU less well).
-Measured with --jobs 2 (two runs side by side): 1904 s in all, see bench/results/llm_compare.md. If it must be
-shorter, --steps 18 --grpo-steps 6 cuts about a quarter.
-
-Writes RESULTS/llm_compare.{json,md}, RESULTS/llm_accuracy.png and RESULTS/llm_tail_effect.png (plots need
-matplotlib). RESULTS is bench/results, or OUT/results with --quick.
+Writes RESULTS/llm_compare.{json,md}, llm_accuracy.png and llm_tail_effect.png (plots need matplotlib);
+--sweep writes RESULTS/llm_sweep.{json,md}. RESULTS is bench/results, or OUT/results with --quick.
 """
 import argparse
 import json
@@ -36,70 +48,167 @@ import shutil
 import subprocess
 import sys
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# With 8 prompts a step, the trainer's default (2 minibatches, actor lr 3e-5, tuned for 32 prompts a step)
-# made SPPO collapse (held-out accuracy 0.48 at step 8, 0.09 at step 16); 1 minibatch at lr 1e-5 went
-# 0.41 -> 0.49.
-FULL = dict(model="smollm2", batch_size=8, steps=24, grpo_steps=8, eval_size=128, eval_every=8,
-            grpo_eval_every=2, max_new_tokens=32, critic_layers=6, minibatches=1, lr=1e-5)
-QUICK = dict(model="tiny", batch_size=4, steps=6, grpo_steps=2, eval_size=16, eval_every=2, grpo_eval_every=1,
-             max_new_tokens=16, critic_layers=1, minibatches=1, lr=1e-5)  # the tiny model has 2 layers
-TIME_KEYS = ["time_generate", "time_score", "time_old_logp", "time_critic", "time_policy"]
-BINS = 10
+sys.path.insert(0, ROOT)
+import llm_train  # noqa: E402  (the built-in task and TIME_KEYS: one definition)
+
+FULL = dict(model="smollm2", samples=64, group_size=8, minibatches=4, max_new_tokens=32, eval_size=256,
+            critic_layers=6, budget=480, eval_every_seconds=60, seeds=[1, 2, 3], sweep_budget=360,
+            sweep_seeds=[11, 12], grid_size=3, train_problems=5000)
+QUICK = dict(model="tiny", samples=16, group_size=8, minibatches=2, max_new_tokens=8, eval_size=16,
+             critic_layers=1, budget=3, eval_every_seconds=0.25, seeds=[1, 2], sweep_budget=1,
+             sweep_seeds=[11], grid_size=2, train_problems=500)  # tiny: 2 layers; fewer rows to encode
+LRS = {"sppo": (3e-5, 1e-4), "grpo": (3e-5, None), "ppo": (3e-5, 1e-4)}  # (actor, critic): llm_train defaults
+PAIRS = [(1e-5, 3e-5), (3e-5, 1e-4), (6e-5, 3e-4)]  # critic lr ~3x actor lr, as in llm_train's defaults
+GRID = {"sppo": PAIRS, "grpo": [(lr, None) for lr, _ in PAIRS], "ppo": PAIRS}
+RUNS = {"sppo": "sppo", "grpo": "grpo", "ppo": "ppo", "sppo_full_critic": "sppo"}  # run name: algorithm
+COLORS = {"sppo": "C0", "grpo": "C2", "ppo": "C1", "sppo_full_critic": "C4"}
+COMPARE = [("sppo", "grpo"), ("sppo", "ppo"), ("grpo", "ppo"), ("sppo", "sppo_full_critic")]
+RESAMPLES, BINS, GRID_POINTS = 10_000, 10, 51
+START = time.time()  # the benchmark's wall time, for the tables
 
 
-def run(name, algo, steps, eval_every, critic_layers, size, out_root):
+# ------------------------------------------------------------------------------------------------ data
+def in_val_bucket(row):
+    return zlib.crc32(row["prompt"].encode()) % 4 == 0  # a property of the text: no seed puts it in training
+
+
+def write_data(seeds, n_train, out):
+    """OUT/data/{test,val,train_s<seed>}.jsonl, rows {"prompt", "answer"}; returns {name: path}."""
+    levels = llm_train.Config().task.split(",")
+    val = list({r["prompt"]: r for r in llm_train.arithmetic(levels, 5000, 0, "train")
+                if in_val_bucket(r)}.values())[:256]
+    sets = {"test": llm_train.arithmetic(levels, 256, 0, "test"), "val": val}
+    for s in seeds:
+        rows = llm_train.arithmetic(levels, n_train, s, "train")
+        sets[f"train_s{s}"] = [r for r in rows if not in_val_bucket(r)]
+    os.makedirs(os.path.join(out, "data"), exist_ok=True)
+    paths = {}
+    for name, rows in sets.items():
+        paths[name] = os.path.join(out, "data", f"{name}.jsonl")
+        with open(paths[name], "w") as f:
+            f.writelines(json.dumps({"prompt": r["prompt"], "answer": r["answer"]}) + "\n" for r in rows)
+    assert len(val) == 256 and not {r["prompt"] for r in val} & {r["prompt"] for r in sets["test"]}
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------ runs
+def launch(job, size, out_root):
     """One llm_train.py run in its own process (so its peak RSS is its own); returns its parsed logs."""
-    out = os.path.join(out_root, name)
-    shutil.rmtree(out, ignore_errors=True)  # llm_train appends to metrics.jsonl: start clean
+    out = os.path.join(out_root, job["name"])
+    shutil.rmtree(out, ignore_errors=True)  # llm_train refuses to write over an earlier run: start clean
     os.makedirs(out)
-    cmd = [sys.executable, "llm_train.py", "--model", size["model"], "--algo", algo, "--group-size", "8",
-           "--batch-size", str(size["batch_size"]), "--steps", str(steps),
-           "--eval-size", str(size["eval_size"]), "--eval-every", str(eval_every),
-           "--max-new-tokens", str(size["max_new_tokens"]), "--critic-layers", str(critic_layers),
-           "--minibatches", str(size["minibatches"]), "--lr", str(size["lr"]),
-           "--threads", "1", "--dump-values", "--out", out]
-    print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    per_prompt = size["group_size"] if job["algo"] == "grpo" else 1
+    cmd = [sys.executable, "llm_train.py", "--model", size["model"], "--algo", job["algo"],
+           "--batch-size", str(size["samples"] // per_prompt), "--group-size", str(size["group_size"]),
+           "--minibatches", str(size["minibatches"]), "--ppo-epochs", "1", "--steps", "1000",
+           "--time-budget", str(job["budget"]), "--eval-every-seconds", str(job["eval_every_seconds"]),
+           "--data", job["data"], "--eval-data", job["eval_data"], "--eval-size", str(size["eval_size"]),
+           "--max-new-tokens", str(size["max_new_tokens"]), "--critic-layers", str(job["critic_layers"]),
+           "--lr", str(job["lr"]), "--seed", str(job["seed"]), "--threads", "1", "--samples-every", "0",
+           "--out", out]
+    cmd += ["--critic-lr", str(job["critic_lr"])] if job["critic_lr"] else []
+    cmd += ["--dump-values"] if job["dump"] else []
+    print(f"[{time.strftime('%H:%M:%S')}] {job['name']}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     with open(os.path.join(out, "log.txt"), "w") as log:
         p = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     if p.returncode != 0:
         tail = open(os.path.join(out, "log.txt")).read()[-2000:]
-        sys.exit(f"{name} failed (exit {p.returncode}); end of {out}/log.txt:\n{tail}")
+        sys.exit(f"{job['name']} failed (exit {p.returncode}); end of {out}/log.txt:\n{tail}")
     summary = json.load(open(os.path.join(out, "summary.json")))
     metrics = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     path = os.path.join(out, "values.jsonl")
     values = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
-    # accuracy curve: each evaluation with the training seconds and generated tokens spent up to that step
-    train_s, seconds = 0.0, {0: 0.0}
-    for m in metrics:
-        train_s += sum(m[k] for k in TIME_KEYS)
-        seconds[m["step"]] = train_s
-    tokens = {0: 0, **{m["step"]: m["generated_tokens_total"] for m in metrics}}
-    curve = [dict(step=e["step"], train_seconds=seconds[e["step"]], generated_tokens=tokens[e["step"]],
-                  eval_accuracy=e["eval_accuracy"]) for e in summary["eval_history"]]
-    return dict(name=name, algo=algo, steps=steps, critic_layers=critic_layers if algo != "grpo" else None,
-                samples_per_step=size["batch_size"] * (8 if algo == "grpo" else 1), curve=curve,
-                final_accuracy=summary["eval_accuracy_after"],
-                best_accuracy=max(c["eval_accuracy"] for c in curve),
-                train_seconds=train_s, seconds_per_step=train_s / steps,
-                critic_seconds_per_step=sum(m["time_critic"] for m in metrics) / steps,
-                wall_seconds=summary["wall_seconds"], generated_tokens=summary["generated_tokens"],
-                peak_memory_bytes=summary["peak_memory_bytes"], values=values)
+    # each evaluation with the training seconds and generated tokens spent up to its step
+    spent = {0: (0.0, 0), **{m["step"]: (m["train_seconds"], m["generated_tokens_total"]) for m in metrics}}
+    curve = [dict(step=e["step"], train_seconds=spent[e["step"]][0], generated_tokens=spent[e["step"]][1],
+                  accuracy=e["eval_accuracy"]) for e in summary["eval_history"]]
+    return dict(job, steps=summary["steps"], curve=curve, final_accuracy=summary["eval_accuracy_after"],
+                train_seconds=summary["train_seconds"],
+                seconds_per_step=summary["train_seconds"] / summary["steps"],
+                stopped_by_time_budget=summary["stopped_by_time_budget"],
+                generated_tokens=summary["generated_tokens"], peak_memory_bytes=summary["peak_memory_bytes"],
+                wall_seconds=summary["wall_seconds"], values=values)
 
 
-def first_reaching(curve, target):
-    """The first evaluation at or above target: (training seconds, generated tokens), or (None, None)."""
-    hit = next((c for c in curve if c["eval_accuracy"] >= target), None)
-    return (hit["train_seconds"], hit["generated_tokens"]) if hit else (None, None)
+def run_all(jobs, size, out, n_jobs):
+    with ThreadPoolExecutor(n_jobs) as pool:
+        return list(pool.map(lambda job: launch(job, size, out), jobs))
+
+
+def job(name, algo, seed, lrs, critic_layers, data, eval_data, budget, eval_every_seconds, dump):
+    return dict(name=name, algo=algo, seed=seed, lr=lrs[0], critic_lr=lrs[1] if algo != "grpo" else None,
+                critic_layers=critic_layers, data=data, eval_data=eval_data, budget=budget,
+                eval_every_seconds=eval_every_seconds, dump=dump)
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def bootstrap_ci(a, b=None):
+    """95% percentile-bootstrap interval of mean(a), or of mean(a) - mean(b): seeds resampled with
+    replacement, RESAMPLES times, fixed rng."""
+    rng = np.random.default_rng(0)
+    stat = rng.choice(a, (RESAMPLES, len(a))).mean(1)
+    if b is not None:
+        stat = stat - rng.choice(b, (RESAMPLES, len(b))).mean(1)
+    return [float(x) for x in np.percentile(stat, [2.5, 97.5])]
+
+
+def on_grid(runs, key, grid):
+    """Each seed's accuracy at the grid points, linear between its evaluations: [seeds, points]."""
+    return np.array([np.interp(grid, [c[key] for c in r["curve"]], [c["accuracy"] for c in r["curve"]])
+                     for r in runs])
+
+
+def first_reach(grid, mean, target):
+    """Where the mean curve first reaches target, linear between grid points; None if it never does."""
+    above = np.nonzero(mean >= target - 1e-9)[0]
+    if not len(above):
+        return None
+    i = above[0]
+    if i == 0:
+        return float(grid[0])
+    return float(grid[i - 1] + (target - mean[i - 1]) / (mean[i] - mean[i - 1]) * (grid[i] - grid[i - 1]))
+
+
+def speedups(curves, grid):
+    """The paper's way: time to GRPO's own mean-curve peak / time to SPPO's own peak. Ours: GRPO's time to its
+    peak / SPPO's time to GRPO's peak. None, with the reason, when undefined."""
+    g, s = curves["grpo"], curves["sppo"]
+    t_g, t_s = first_reach(grid, g, g.max()), first_reach(grid, s, s.max())
+    t_s_at_g = first_reach(grid, s, g.max())
+    out, reasons = {"paper_way": None, "ours": None}, []
+    if g.max() <= g[0]:
+        reasons.append(f"GRPO's mean curve never rose above its start ({g[0]:.3f})")
+    else:
+        if t_s > 0:
+            out["paper_way"] = t_g / t_s
+        else:
+            reasons.append(f"SPPO's mean curve peaks at its start ({s[0]:.3f}): no time to its peak")
+        if t_s_at_g is None:
+            reasons.append(f"SPPO's mean curve stays below GRPO's mean peak {g.max():.3f}")
+        elif t_s_at_g == 0:
+            reasons.append("SPPO's mean curve starts at or above GRPO's mean peak")
+        else:
+            out["ours"] = t_g / t_s_at_g
+    if reasons:
+        out["reason"] = "; ".join(reasons)
+    return out
+
+
+def verdict(lo, hi):
+    return "ahead" if lo > 0 else "behind" if hi < 0 else "not distinguishable"
 
 
 def tail_effect(records):
     """ppo: mean V(s_t) in BINS bins of relative position t/T, for correct and wrong responses, in the first
-    and last third of training. The paper's tail effect: the two curves part only near the end (t/T near 1),
-    so most tokens get a near-zero, biased advantage."""
+    and last third of the steps (all seeds pooled). The paper's tail effect: the two curves part only near
+    the end (t/T near 1), so most tokens get a near-zero, biased advantage."""
     if not records:
         return None
     steps = sorted({r["step"] for r in records})
@@ -125,8 +234,8 @@ def tail_effect(records):
 
 
 def calibration(records):
-    """sppo: predicted success sigmoid(V(x)) against the observed reward, in BINS equal-width bins, all
-    steps."""
+    """sppo: predicted success sigmoid(V(x)) against the observed reward, in BINS equal-width bins, all steps
+    and seeds."""
     if not records:
         return None
     pairs = [(p, r) for rec in records for p, r in zip(rec["pred_success"], rec["rewards"])]
@@ -145,25 +254,237 @@ def fmt(x, spec):
     return "-" if x is None else format(x, spec)
 
 
-def plot(runs, tail, calib, grpo_best, results_dir):
+def times(x):
+    return "undefined" if x is None else f"{x:.2f}x"
+
+
+# ------------------------------------------------------------------------------------------------ sweep
+def sweep(size, paths, out, results_dir, n_jobs, machine, quick):
+    """Each (actor lr, critic lr) of GRID on the sweep seeds: validation accuracy at the end of the budget."""
+    grid = {algo: settings[:size["grid_size"]] for algo, settings in GRID.items()}
+    jobs = [job(f"sweep_{algo}_lr{lrs[0]:g}_s{seed}", algo, seed, lrs, size["critic_layers"],
+                paths[f"train_s{seed}"], paths["val"], size["sweep_budget"], 0, False)
+            for algo, settings in grid.items() for lrs in settings for seed in size["sweep_seeds"]]
+    runs = run_all(jobs, size, out, n_jobs)
+    rows = []
+    for algo, settings in grid.items():
+        for lr, critic_lr in settings:
+            acc = [r["final_accuracy"] for r in runs if r["algo"] == algo and r["lr"] == lr]
+            rows.append(dict(algo=algo, lr=lr, critic_lr=critic_lr, seeds=size["sweep_seeds"],
+                             val_accuracy=acc, mean=float(np.mean(acc))))
+    chosen = {}
+    for algo in grid:  # the best mean; a tie goes to the smaller lr (listed first)
+        best = max((r for r in rows if r["algo"] == algo), key=lambda r: r["mean"])
+        chosen[algo] = dict(lr=best["lr"], critic_lr=best["critic_lr"], val_accuracy_mean=best["mean"])
+    settings = {k: size[k] for k in ("model", "samples", "minibatches", "max_new_tokens", "critic_layers")}
+    settings.update(budget_train_seconds=size["sweep_budget"], seeds=size["sweep_seeds"], machine=machine,
+                    eval_data="data/val.jsonl: 256 validation problems, never the test set", quick=quick,
+                    date=time.strftime("%Y-%m-%d"), wall_seconds=time.time() - START)
+    with open(os.path.join(results_dir, "llm_sweep.json"), "w") as f:
+        json.dump(dict(settings=settings, rows=rows, chosen=chosen), f, indent=1)
+    lines = [f"lr sweep, model `{size['model']}`, {size['sweep_budget']} training seconds per run, greedy "
+             f"accuracy on {size['eval_size']} validation problems (never the test set). {machine}, "
+             f"{settings['date']}, {settings['wall_seconds'] / 60:.0f} min in all.", "",
+             "| algo | lr | critic lr | validation accuracy per seed | mean | chosen |", "|---" * 6 + "|"]
+    lines += [f"| {r['algo']} | {r['lr']:g} | {fmt(r['critic_lr'], 'g')} | "
+              f"{', '.join(f'{a:.3f}' for a in r['val_accuracy'])} | {r['mean']:.3f} | "
+              f"{'yes' if chosen[r['algo']]['lr'] == r['lr'] else ''} |" for r in rows]
+    write_md(results_dir, "llm_sweep.md", lines)
+
+
+def chosen_lrs(results_dir, model):
+    """The sweep's choice for this model if RESULTS/llm_sweep.json has one, else LRS; and where from."""
+    path = os.path.join(results_dir, "llm_sweep.json")
+    if os.path.exists(path):
+        swept = json.load(open(path))
+        if swept["settings"]["model"] == model:
+            return {**LRS, **{a: (c["lr"], c["critic_lr"]) for a, c in swept["chosen"].items()}}, path
+    return LRS, "defaults (LRS in bench/llm_compare.py; no llm_sweep.json for this model)"
+
+
+def write_md(results_dir, name, lines):
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(results_dir, name), "w") as f:
+        f.write(text + "\n")
+
+
+# ------------------------------------------------------------------------------------------- comparison
+def summarise(name, runs, grid):
+    """One run name over its seeds: final accuracy with its interval, the mean curves with their bands."""
+    def curve(key, x):
+        acc = on_grid(runs, key, x)
+        return [{key: float(t), "accuracy": float(a), "band_lo": float(lo), "band_hi": float(hi)}
+                for t, a, lo, hi in zip(x, acc.mean(0), acc.min(0), acc.max(0))]
+    final = [r["final_accuracy"] for r in runs]
+    tokens = np.linspace(0, min(r["curve"][-1]["generated_tokens"] for r in runs), GRID_POINTS)
+    a = dict(algo=RUNS[name], critic_layers=None if RUNS[name] == "grpo" else runs[0]["critic_layers"],
+             lr=runs[0]["lr"], critic_lr=runs[0]["critic_lr"], seeds=[r["seed"] for r in runs],
+             final_accuracy=final, final_accuracy_mean=float(np.mean(final)),
+             final_accuracy_ci95=bootstrap_ci(final), curve_mean=curve("train_seconds", grid),
+             curve_tokens_mean=curve("generated_tokens", tokens))
+    for key in ("seconds_per_step", "steps", "train_seconds", "generated_tokens", "peak_memory_bytes"):
+        a[key] = float(np.mean([r[key] for r in runs]))  # means over the seeds
+    a["runs"] = [{k: v for k, v in r.items() if k not in ("values", "data", "eval_data", "dump")}
+                 for r in runs]  # values.jsonl stays in the run folders; the JSON keeps binned summaries
+    return a
+
+
+def compare(size, paths, out, results_dir, n_jobs, machine, quick):
+    lrs, lr_source = chosen_lrs(results_dir, size["model"])
+    jobs = [job(f"{name}_s{seed}", algo, seed, lrs[algo], size["critic_layers"] if name != "sppo_full_critic"
+                else 0, paths[f"train_s{seed}"], paths["test"], size["budget"], size["eval_every_seconds"],
+                name in ("sppo", "ppo")) for seed in size["seeds"] for name, algo in RUNS.items()]
+    results = run_all(jobs, size, out, n_jobs)
+    by = {name: [r for r in results if r["name"] == f"{name}_s{r['seed']}"] for name in RUNS}
+
+    # the mean curves on a common grid of training seconds; times to peaks on them
+    grid = np.linspace(0, size["budget"], GRID_POINTS)
+    algos = {name: summarise(name, runs, grid) for name, runs in by.items()}
+    curves = {name: np.array([p["accuracy"] for p in a["curve_mean"]]) for name, a in algos.items()}
+    grpo_peak = curves["grpo"].max()
+    for name, a in algos.items():
+        a.update(start_accuracy_mean=float(curves[name][0]),
+                 peak_accuracy_mean_curve=float(curves[name].max()),
+                 seconds_to_own_peak=first_reach(grid, curves[name], curves[name].max()),
+                 seconds_to_grpo_peak=first_reach(grid, curves[name], grpo_peak))
+    differences = {}
+    for x, y in COMPARE:
+        lo, hi = bootstrap_ci(algos[x]["final_accuracy"], algos[y]["final_accuracy"])
+        differences[f"{x}_vs_{y}"] = dict(
+            difference=algos[x]["final_accuracy_mean"] - algos[y]["final_accuracy_mean"], ci95=[lo, hi],
+            verdict=verdict(lo, hi))
+
+    # the small critic against the full one, same budget and seeds
+    cut, full = algos["sppo"], algos["sppo_full_critic"]
+    machine_memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    saved = full["peak_memory_bytes"] - cut["peak_memory_bytes"]
+    small_critic = dict(critic_layers=size["critic_layers"], machine_memory_bytes=machine_memory,
+                        cut_peak_memory_bytes=cut["peak_memory_bytes"],
+                        full_peak_memory_bytes=full["peak_memory_bytes"],
+                        memory_saving_relative=saved / full["peak_memory_bytes"],
+                        memory_saving_points_of_machine=100 * saved / machine_memory,
+                        cut_seconds_per_step=cut["seconds_per_step"],
+                        full_seconds_per_step=full["seconds_per_step"],
+                        cut_final_accuracy_mean=cut["final_accuracy_mean"],
+                        full_final_accuracy_mean=full["final_accuracy_mean"],
+                        accuracy_difference=differences["sppo_vs_sppo_full_critic"])
+
+    n = size["samples"]
+    settings = dict(
+        model=size["model"], samples_per_step={name: n for name in RUNS},
+        prompts_per_step={name: n // (size["group_size"] if algo == "grpo" else 1)
+                          for name, algo in RUNS.items()},
+        minibatches=size["minibatches"], samples_per_optimizer_step=n // size["minibatches"], ppo_epochs=1,
+        max_new_tokens=size["max_new_tokens"], budget_train_seconds=size["budget"],
+        eval_every_train_seconds=size["eval_every_seconds"], eval_problems=size["eval_size"],
+        eval_data="data/test.jsonl: arithmetic(levels, 256, 0, 'test'), the same for every seed and run",
+        seeds=size["seeds"], lrs={k: dict(lr=a["lr"], critic_lr=a["critic_lr"]) for k, a in algos.items()},
+        lr_source=lr_source, machine=machine, date=time.strftime("%Y-%m-%d"), quick=quick,
+        wall_seconds=time.time() - START,
+        train_seconds="each step's " + " + ".join(llm_train.TIME_KEYS) + "; loading and evaluation excluded",
+        band="lowest to highest seed at each grid point (each seed linear between its evaluations)",
+        ci95=f"percentile bootstrap over seeds, {RESAMPLES} resamples, numpy default_rng(0)")
+    result = dict(settings=settings, algos=algos, grpo_mean_peak=float(grpo_peak),
+                  speedup_vs_grpo=speedups(curves, grid), final_accuracy_differences=differences,
+                  small_critic=small_critic,
+                  tail_effect=tail_effect([v for r in by["ppo"] for v in r["values"]]),
+                  calibration=calibration([v for r in by["sppo"] for v in r["values"]]))
+    with open(os.path.join(results_dir, "llm_compare.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    write_md(results_dir, "llm_compare.md", report(result))
+    try:
+        plot(result, results_dir)
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install matplotlib)", file=sys.stderr)
+
+
+def report(res):
+    """The markdown tables: only what the intervals support is called a difference."""
+    s, algos, sp, c = res["settings"], res["algos"], res["speedup_vs_grpo"], res["small_critic"]
+    quick = " (random weights: a smoke test, the numbers mean nothing)" if s["quick"] else ""
+    lines = [f"Model `{s['model']}`{quick}; {s['samples_per_step']['sppo']} samples per step for every run "
+             f"(grpo {s['prompts_per_step']['grpo']} prompts x 8), {s['samples_per_optimizer_step']} per "
+             f"optimiser step; {s['budget_train_seconds']} training seconds per run ({s['train_seconds']}); "
+             f"seeds {', '.join(map(str, s['seeds']))}; greedy accuracy on the same {s['eval_problems']} "
+             f"held-out problems; lrs from {s['lr_source']}. {s['machine']}, {s['date']}, "
+             f"{s['wall_seconds'] / 60:.0f} min in all.", "",
+             "| run | lr (critic) | steps | s/step | training s | final accuracy, mean [95% CI] | per seed "
+             "| mean-curve peak (at s) | s to GRPO's peak | generated tokens | peak memory |",
+             "|---" * 11 + "|"]
+    for name, a in algos.items():
+        (lo, hi), per_seed = a["final_accuracy_ci95"], ", ".join(f"{x:.3f}" for x in a["final_accuracy"])
+        lines.append(f"| {name} | {a['lr']:g} ({fmt(a['critic_lr'], 'g')}) | {a['steps']:.1f} | "
+                     f"{a['seconds_per_step']:.1f} | {a['train_seconds']:.0f} | "
+                     f"{a['final_accuracy_mean']:.3f} [{lo:.3f}, {hi:.3f}] | {per_seed} | "
+                     f"{a['peak_accuracy_mean_curve']:.3f} ({fmt(a['seconds_to_own_peak'], '.0f')}) | "
+                     f"{fmt(a['seconds_to_grpo_peak'], '.0f')} | {a['generated_tokens']:,.0f} | "
+                     f"{a['peak_memory_bytes'] / 2**30:.2f} GiB |")
+    lines += ["", f"Start accuracy {algos['grpo']['start_accuracy_mean']:.3f}; GRPO's mean-curve peak "
+              f"{res['grpo_mean_peak']:.3f}. Intervals: {s['ci95']}; with {len(s['seeds'])} seeds they are "
+              "narrower than they should be: read them as the least uncertainty there is.", ""]
+    lines += [f"- {k.replace('_vs_', ' vs ')} final accuracy: difference {d['difference']:+.3f} "
+              f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] -> {d['verdict']}"
+              for k, d in res["final_accuracy_differences"].items()]
+    lines += ["", "Speed-up of SPPO over GRPO in training seconds, on the mean curves: the paper's way "
+              "(time to each one's own peak, GRPO's / SPPO's) " + times(sp["paper_way"]) + "; ours "
+              "(GRPO's time to its peak / SPPO's time to GRPO's peak) " + times(sp["ours"])
+              + (f" ({sp['reason']})" if sp.get("reason") else "") + ". Paper: 5.9x, the paper's way."]
+    d = c["accuracy_difference"]
+    lines += ["", f"Small critic ({c['critic_layers']} layers) against the full one, same budget and seeds:",
+              "",
+              "| critic | peak memory (RSS, mean) | s/step | final accuracy mean |", "|---" * 4 + "|",
+              f"| {c['critic_layers']} layers | {c['cut_peak_memory_bytes'] / 2**30:.2f} GiB | "
+              f"{c['cut_seconds_per_step']:.1f} | {c['cut_final_accuracy_mean']:.3f} |",
+              f"| all layers | {c['full_peak_memory_bytes'] / 2**30:.2f} GiB | "
+              f"{c['full_seconds_per_step']:.1f} | {c['full_final_accuracy_mean']:.3f} |", "",
+              f"The small critic's runs peak {100 * c['memory_saving_relative']:.1f}% lower (relative), "
+              f"{c['memory_saving_points_of_machine']:.1f} percentage points of the machine's "
+              f"{c['machine_memory_bytes'] / 2**30:.1f} GiB (paper: 12.8 points of a GPU, 14% relative); "
+              f"accuracy difference {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] -> "
+              f"{d['verdict']}."]
+    tail, calib = res["tail_effect"], res["calibration"]
+    if tail:
+        lines += ["", "PPO critic, mean V(s_t) at the start (t/T < 0.1) and end (t/T >= 0.9) of responses, "
+                  "seeds pooled:", "", "| phase | outcome | responses | V at start | V at end |",
+                  "|---" * 5 + "|"]
+        for key in ("early_correct", "early_wrong", "late_correct", "late_wrong"):
+            v = tail[key]["mean_value"]
+            lines.append(f"| {key.split('_')[0]} | {key.split('_')[1]} | {tail[key]['responses']} | "
+                         f"{fmt(v[0], '.3f')} | {fmt(v[-1], '.3f')} |")
+    if calib:
+        lines += ["", f"SPPO prompt value, all {calib['samples']} training samples of all seeds "
+                  f"(Brier {calib['brier']:.3f}):", "",
+                  "| predicted bin | samples | mean predicted | observed success |", "|---" * 4 + "|"]
+        lines += [f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['count']} | {b['mean_predicted']:.3f} | "
+                  f"{b['success_rate']:.3f} |" for b in calib["bins"]]
+    return lines
+
+
+def plot(res, results_dir):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for r, color in zip(runs, ("C0", "C2", "C1", "C0")):
-        style = dict(color=color, marker="o", ms=3, ls="--" if r["name"] == "sppo_full_critic" else "-",
-                     label=r["name"])
-        acc = [c["eval_accuracy"] for c in r["curve"]]
-        axes[0].plot([c["train_seconds"] for c in r["curve"]], acc, **style)
-        axes[1].plot([c["generated_tokens"] for c in r["curve"]], acc, **style)
-    for ax, xlabel in zip(axes, ("training seconds (evaluation and loading excluded)", "generated tokens")):
-        ax.axhline(grpo_best, color="grey", ls=":", lw=1)
-        ax.set(xlabel=xlabel, ylabel="held-out greedy accuracy")
-        ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    start, peak = res["algos"]["grpo"]["start_accuracy_mean"], res["grpo_mean_peak"]
+    for ax, key, curve, xlabel in [(axes[0], "train_seconds", "curve_mean", "training seconds (no loading, "
+                                    "no evaluation)"),
+                                   (axes[1], "generated_tokens", "curve_tokens_mean", "generated tokens")]:
+        for name, a in res["algos"].items():
+            x = [p[key] for p in a[curve]]
+            ax.plot(x, [p["accuracy"] for p in a[curve]], color=COLORS[name],
+                    ls="--" if name == "sppo_full_critic" else "-", label=f"{name} ({len(a['seeds'])} seeds)")
+            ax.fill_between(x, [p["band_lo"] for p in a[curve]], [p["band_hi"] for p in a[curve]],
+                            color=COLORS[name], alpha=0.15, lw=0)
+        ax.axhline(peak, color="grey", ls=":", lw=1, label=f"GRPO's mean peak {peak:.3f}")
+        ax.axhline(start, color="black", ls="-.", lw=0.8, label=f"start {start:.3f}")
+        ax.set(xlabel=xlabel, ylabel="held-out greedy accuracy (band: seeds' min-max)")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(os.path.join(results_dir, "llm_accuracy.png"), dpi=110)
     plt.close(fig)
 
+    tail, calib = res["tail_effect"], res["calibration"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     x = [(b + 0.5) / BINS for b in range(BINS)]
     if tail:
@@ -189,109 +510,23 @@ def plot(runs, tail, calib, grpo_best, results_dir):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help="random tiny model, few steps: a smoke test, numbers mean nothing")
-    p.add_argument("--out", default=None, help="run folders (default runs/llm_compare[_quick])")
-    p.add_argument("--results", default=None,
-                   help="tables and plots (default bench/results, OUT/results with --quick)")
+    p.add_argument("--quick", action="store_true", help="random tiny model, tiny budget: a smoke test")
+    p.add_argument("--sweep", action="store_true", help="the lr sweep on the validation split instead")
+    p.add_argument("--out", default=None, help="run folders and data (default runs/llm_compare[_quick])")
+    p.add_argument("--results", default=None, help="tables, plots (bench/results; --quick: OUT/results)")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side, one thread each (2 fit in 24 GB)")
-    for key in ("batch_size", "steps", "grpo_steps", "eval_size"):  # to shrink (or grow) a run; same for all
-        p.add_argument("--" + key.replace("_", "-"), type=int, default=None,
-                       help=f"default {FULL[key]}, quick {QUICK[key]}")
     args = p.parse_args()
-    size = {k: getattr(args, k, None) or v for k, v in (QUICK if args.quick else FULL).items()}
-    out = args.out or os.path.join(ROOT, "runs", "llm_compare_quick" if args.quick else "llm_compare")
-    results_dir = args.results or (os.path.join(out, "results") if args.quick
-                                   else os.path.join(ROOT, "bench", "results"))
+    size = QUICK if args.quick else FULL
+    out = os.path.abspath(args.out or os.path.join(ROOT, "runs", "llm_compare_quick" if args.quick
+                                                   else "llm_compare"))
+    results_dir = args.results or os.path.join(*((out,) if args.quick else (ROOT, "bench")), "results")
     os.makedirs(results_dir, exist_ok=True)
-    start = time.time()
-    k = size["critic_layers"]
-    jobs = [("grpo", "grpo", size["grpo_steps"], size["grpo_eval_every"], k),  # longest first
-            ("sppo", "sppo", size["steps"], size["eval_every"], k),
-            ("ppo", "ppo", size["steps"], size["eval_every"], k),
-            ("sppo_full_critic", "sppo", size["steps"], 0, 0)]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(lambda job: run(*job, size, out), jobs))
-    by = {r["name"]: r for r in runs}
-
-    # 2. time to GRPO's best accuracy; the speed-up is defined only if GRPO improved on the common start
-    start_acc, grpo_best = by["grpo"]["curve"][0]["eval_accuracy"], by["grpo"]["best_accuracy"]
-    for r in runs:
-        r["wall_seconds_to_grpo_best"], r["tokens_to_grpo_best"] = first_reaching(r["curve"], grpo_best)
-    t_grpo, t_sppo = by["grpo"]["wall_seconds_to_grpo_best"], by["sppo"]["wall_seconds_to_grpo_best"]
-    speedup = t_grpo / t_sppo if grpo_best > start_acc and t_sppo else None
-    # 3. the small critic: same run but for the critic's depth
-    cut, full = by["sppo"], by["sppo_full_critic"]
-    small_critic = dict(critic_layers=k, cut_peak_memory_bytes=cut["peak_memory_bytes"],
-                        full_peak_memory_bytes=full["peak_memory_bytes"],
-                        memory_saving=1 - cut["peak_memory_bytes"] / full["peak_memory_bytes"],
-                        cut_seconds_per_step=cut["seconds_per_step"],
-                        full_seconds_per_step=full["seconds_per_step"],
-                        cut_final_accuracy=cut["final_accuracy"], full_final_accuracy=full["final_accuracy"])
-    # 4. the tail effect (ppo) and the calibration of the prompt value (sppo)
-    tail, calib = tail_effect(by["ppo"]["values"]), calibration(by["sppo"]["values"])
-
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, 1 torch thread, "
-               f"Python {platform.python_version()}, "
-               f"{time.strftime('%Y-%m-%d')}, {time.time() - start:.0f} s in all")
-    lines = [f"Model `{size['model']}`"
-             f"{' (random weights: a smoke test, the numbers mean nothing)' if args.quick else ''}, "
-             f"{size['batch_size']} prompts per step, {size['eval_size']} held-out problems, at most "
-             f"{size['max_new_tokens']} new tokens. Machine: {machine}.", "",
-             "| run | steps | samples/step | accuracy start -> final | best | training s | s/step "
-             "| generated tokens | s to GRPO best | tokens to GRPO best |", "|---" * 10 + "|"]
-    for r in runs:
-        lines.append(f"| {r['name']} | {r['steps']} | {r['samples_per_step']} | "
-                     f"{start_acc:.3f} -> {r['final_accuracy']:.3f} | "
-                     f"{r['best_accuracy']:.3f} | {r['train_seconds']:.0f} | {r['seconds_per_step']:.1f} | "
-                     f"{r['generated_tokens']:,} | {fmt(r['wall_seconds_to_grpo_best'], '.0f')} | "
-                     f"{fmt(r['tokens_to_grpo_best'], ',')} |")
-    lines += ["", f"GRPO's best accuracy {grpo_best:.3f} (start {start_acc:.3f}). "
-              "Speed-up of SPPO over GRPO to reach it, "
-              "in training seconds: " + (f"{speedup:.1f}x (paper: 5.9x)." if speedup else
-                                         "undefined (GRPO did not improve on the start, "
-                                         "or SPPO did not reach it)."), "",
-              "| critic | layers | peak memory (RSS) | s/step | critic s/step | final accuracy |",
-              "|---" * 6 + "|",
-              f"| cut | {k} | {cut['peak_memory_bytes'] / 2**30:.2f} GiB | {cut['seconds_per_step']:.1f} | "
-              f"{cut['critic_seconds_per_step']:.2f} | {cut['final_accuracy']:.3f} |",
-              f"| full | all | {full['peak_memory_bytes'] / 2**30:.2f} GiB | "
-              f"{full['seconds_per_step']:.1f} | "
-              f"{full['critic_seconds_per_step']:.2f} | {full['final_accuracy']:.3f} |", "",
-              f"The cut critic's run peaks {100 * small_critic['memory_saving']:.1f}% lower in memory "
-              "(paper: 12.8% on GPU)."]
-    if tail:
-        lines += ["", "PPO critic, mean V(s_t) at the start (t/T < 0.1) and end (t/T >= 0.9) of responses:",
-                  "",
-                  "| phase | outcome | responses | V at start | V at end |", "|---" * 5 + "|"]
-        for key in ("early_correct", "early_wrong", "late_correct", "late_wrong"):
-            v = tail[key]["mean_value"]
-            lines.append(f"| {key.split('_')[0]} | {key.split('_')[1]} | {tail[key]['responses']} | "
-                         f"{fmt(v[0], '.3f')} | {fmt(v[-1], '.3f')} |")
-    if calib:
-        lines += ["", f"SPPO prompt value, all {calib['samples']} training samples "
-                  f"(Brier {calib['brier']:.3f}):", "",
-                  "| predicted bin | samples | mean predicted | observed success |", "|---" * 4 + "|"]
-        lines += [f"| {b['lo']:.1f}-{b['hi']:.1f} | {b['count']} | {b['mean_predicted']:.3f} | "
-                  f"{b['success_rate']:.3f} |" for b in calib["bins"]]
-    text = "\n".join(lines)
-    print(text)
-    with open(os.path.join(results_dir, "llm_compare.md"), "w") as f:
-        f.write(text + "\n")
-    for r in runs:
-        del r["values"]  # raw values stay in the run folders; the JSON keeps the binned summaries
-    result = dict(machine=machine, quick=args.quick, settings=size,
-                  seconds="training seconds: each step's generate+score+old-logp+critic+policy time; "
-                          "model loading and evaluation excluded (wall_seconds: the whole run)",
-                  start_accuracy=start_acc,
-                  grpo_best_accuracy=grpo_best, speedup_vs_grpo=speedup, results={r["name"]: r for r in runs},
-                  small_critic=small_critic, tail_effect=tail, calibration=calib)
-    with open(os.path.join(results_dir, "llm_compare.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    try:
-        plot(runs, tail, calib, grpo_best, results_dir)
-    except ImportError:
-        print("matplotlib is not installed: no plots (pip install matplotlib)", file=sys.stderr)
+    paths = write_data(size["sweep_seeds"] if args.sweep else size["seeds"], size["train_problems"], out)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, {memory / 2**30:.1f} GiB, {args.jobs} run(s) "
+               f"side by side, 1 torch thread each, Python {platform.python_version()}")
+    (sweep if args.sweep else compare)(size, paths, out, results_dir, args.jobs, machine, args.quick)
+    print(f"{time.time() - START:.0f} s in all", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,40 +1,60 @@
-"""bench/llm_compare.py runs end to end in its --quick form (random tiny model, offline, ~30 s on one thread)
-and writes the keys that bench/README.md relies on."""
+"""bench/llm_compare.py runs end to end in its --quick form (random tiny model, offline, 8 runs of 3 training
+seconds, two side by side: 1-2.5 min) with the lrs of an llm_sweep.json, and writes the keys the README
+uses."""
 import json
 import os
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = {"sppo", "grpo", "ppo", "sppo_full_critic"}
 
 
 def test_llm_compare_quick(tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "bench/llm_compare.py", "--quick", "--out", str(tmp_path)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
     results = tmp_path / "results"
+    results.mkdir()
+    chosen = {"sppo": dict(lr=6e-5, critic_lr=3e-4), "grpo": dict(lr=1e-5, critic_lr=None),
+              "ppo": dict(lr=3e-5, critic_lr=1e-4)}  # what --sweep writes; the comparison must take these lrs
+    (results / "llm_sweep.json").write_text(json.dumps({"settings": {"model": "tiny"}, "chosen": chosen}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "bench/llm_compare.py", "--quick", "--jobs", "2", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
     result = json.load(open(results / "llm_compare.json"))
-    assert result["quick"] and "speedup_vs_grpo" in result and "grpo_best_accuracy" in result
-    assert set(result["results"]) == {"sppo", "grpo", "ppo", "sppo_full_critic"}
-    for name, r in result["results"].items():
-        assert r["curve"][0]["step"] == 0 and r["curve"][-1]["step"] == r["steps"], name
-        assert all({"train_seconds", "generated_tokens", "eval_accuracy"} <= set(c) for c in r["curve"]), name
-        assert "wall_seconds_to_grpo_best" in r, name
-        assert r["peak_memory_bytes"] > 0 and r["seconds_per_step"] > 0, name
-    # --eval-every reaches the curve
-    assert [c["step"] for c in result["results"]["grpo"]["curve"]] == [0, 1, 2]
-    assert result["results"]["grpo"]["samples_per_step"] == 8 * result["results"]["sppo"]["samples_per_step"]
+    s = result["settings"]
+    assert s["samples_per_step"] == {name: 16 for name in RUNS} and s["prompts_per_step"]["grpo"] == 2
+    assert s["lr_source"].endswith("llm_sweep.json") and s["lrs"]["sppo_full_critic"] == chosen["sppo"]
+    assert {k: s["lrs"][k] for k in chosen} == chosen
+    assert s["seeds"] == [1, 2] and s["budget_train_seconds"] == 3
+    # the held-out set is one file, the same for every seed; training files leave the validation bucket out
+    data = {name: [json.loads(line) for line in open(tmp_path / "data" / f"{name}.jsonl")]
+            for name in ("test", "val", "train_s1", "train_s2")}
+    assert len(data["test"]) == len(data["val"]) == 256 and set(data["test"][0]) == {"prompt", "answer"}
+    val = {r["prompt"] for r in data["val"]}
+    assert not val & {r["prompt"] for r in data["train_s1"] + data["train_s2"] + data["test"]}
+    assert set(result["algos"]) == RUNS
+    for name, a in result["algos"].items():
+        assert a["seeds"] == [1, 2] and len(a["runs"]) == 2 and len(a["final_accuracy"]) == 2, name
+        lo, hi = a["final_accuracy_ci95"]
+        assert lo <= a["final_accuracy_mean"] <= hi, name
+        assert a["curve_mean"][0]["train_seconds"] == 0 and a["curve_mean"][-1]["train_seconds"] == 3, name
+        assert {"generated_tokens", "accuracy", "band_lo", "band_hi"} <= set(a["curve_tokens_mean"][-1]), name
+        assert a["seconds_per_step"] > 0 and a["peak_memory_bytes"] > 0, name
+        for r in a["runs"]:  # the budget stopped every run; evaluated at the start, every 0.25 s, at the end
+            assert r["stopped_by_time_budget"] and r["train_seconds"] >= 3, name
+            assert len(r["curve"]) >= min(5, r["steps"] + 1) and r["curve"][-1]["step"] == r["steps"], name
+            assert r["curve"][-1]["train_seconds"] == r["train_seconds"], name
+    # the random model never answers right: GRPO never improves, both speed-ups are undefined, with a reason
+    sp = result["speedup_vs_grpo"]
+    assert sp["paper_way"] is None and sp["ours"] is None and "never rose" in sp["reason"]
     small = result["small_critic"]
-    for key in ["cut_peak_memory_bytes", "full_peak_memory_bytes", "memory_saving", "cut_seconds_per_step",
-                "full_seconds_per_step", "cut_final_accuracy", "full_final_accuracy"]:
+    for key in ["cut_peak_memory_bytes", "full_peak_memory_bytes", "memory_saving_relative",
+                "memory_saving_points_of_machine", "cut_seconds_per_step", "full_seconds_per_step"]:
         assert key in small, key
-    tail = result["tail_effect"]  # the random model never answers right: only wrong responses to bin
-    assert tail["early_wrong"]["responses"] > 0 and len(tail["late_wrong"]["mean_value"]) == 10
-    calib = result["calibration"]
-    assert calib["samples"] == 6 * 4 and sum(b["count"] for b in calib["bins"]) == calib["samples"]
+    assert result["tail_effect"]["early_wrong"]["responses"] > 0
+    assert result["calibration"]["samples"] == 16 * sum(r["steps"] for r in result["algos"]["sppo"]["runs"])
     table = (results / "llm_compare.md").read_text()
-    assert "| sppo | 6 | 4 |" in table and "| grpo | 2 | 32 |" in table and "| cut | 1 |" in table
+    assert "- sppo vs grpo final accuracy: difference +0.000 [+0.000, +0.000] -> not distinguishable" in table
     if "matplotlib is not installed" not in out.stderr:
         for png in ["llm_accuracy.png", "llm_tail_effect.png"]:
             assert (results / png).stat().st_size > 0, png

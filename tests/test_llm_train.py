@@ -372,6 +372,27 @@ def test_save_model_round_trip(tmp_path):
         assert torch.equal(v, back.state_dict()[k]), k
 
 
+def test_time_budget_stops_early(tmp_path, monkeypatch, capsys):
+    """--time-budget: training stops once the steps' generate..policy seconds pass it; the final evaluation
+    and the summary come as after a last step. --eval-every-seconds evaluates along the way."""
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    clock = [0.0]  # a clock that ticks 0.25 s per reading: the same steps on any machine
+    monkeypatch.setattr(L.time, "time", lambda: clock.__setitem__(0, clock[0] + 0.25) or clock[0])
+    summary = run(tmp_path, "--steps", "50", "--time-budget", "6", "--eval-every-seconds", "2")
+    m = metrics(tmp_path)
+    steps = summary["steps"]
+    assert 1 < steps < 50 and [x["step"] for x in m] == list(range(1, steps + 1))
+    assert summary["stopped_by_time_budget"]
+    assert summary["train_seconds"] == pytest.approx(m[-1]["train_seconds"])
+    assert m[-2]["train_seconds"] < 6 <= m[-1]["train_seconds"]  # stopped at the first step past the budget
+    assert m[-1]["train_seconds"] == pytest.approx(sum(x[k] for x in m for k in L.TIME_KEYS))
+    evals = [e["step"] for e in summary["eval_history"]]
+    assert evals[0] == 0 and evals[-1] == steps and len(evals) >= 4  # before, every 2 s, and at the end
+    assert os.path.basename(latest(tmp_path)) == f"checkpoint-{steps:06d}"
+    capsys.readouterr()
+    bad(["--resume", str(tmp_path), "--steps", "60"], capsys, "its --time-budget is spent")
+
+
 def test_resume_gives_the_same_run(tmp_path, monkeypatch):
     monkeypatch.setattr(L, "reward_fn", fake_reward)
     args = ["--steps", "3", "--minibatches", "2", "--critic-layers", "1"]
@@ -442,7 +463,10 @@ def test_bad_input(tmp_path, capsys):
                                  ("--lr", "nan", "--lr must be a finite"),
                                  ("--critic-lr", "inf", "--critic-lr must be a finite"),
                                  ("--max-grad-norm", "0", "--max-grad-norm must be > 0"),
-                                 ("--save-every", "-2", "--save-every must be >= 0")]:
+                                 ("--save-every", "-2", "--save-every must be >= 0"),
+                                 ("--time-budget", "-1", "--time-budget must be >= 0"),
+                                 ("--time-budget", "inf", "--time-budget must be a finite number"),
+                                 ("--eval-every-seconds", "-5", "--eval-every-seconds must be >= 0")]:
         bad([*TINY, flag, value, *out], capsys, message)
     (tmp_path / "file").write_text("")
     bad([*TINY, "--out", str(tmp_path / "file")], capsys, "is a file, not a folder")
