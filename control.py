@@ -114,7 +114,7 @@ ENVS = {
                    "(steps 100-199): the torque is too weak to lift it directly and upright is unstable, so "
                    "a constant or random torque leaves it hanging or swinging. (Return >= -200 was dropped: a "
                    "near-optimal controller fails it from 28% of the starts, bench/pendulum_ceiling.py)",
-        config=dict(total_steps=3_000_000)),
+        config=dict(total_steps=2_000_000, num_envs=64, episodes=64)),
     "Hopper-v5": dict(  # graded by the forward distance (the return pays +1 a step for standing)
         outcome=lambda ep: np.clip(forward_distance(ep) / 10.0, 0.0, 1.0),
         success=lambda ep: forward_distance(ep) >= 5.0,

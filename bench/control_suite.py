@@ -5,7 +5,8 @@
     python bench/control_suite.py --envs CartPole-v1 --seeds 8 --jobs 1 --out DIR --results DIR
 
 Every run is `python control.py --env ENV --algo ALGO --seed S --total-steps BUDGETS[ENV] --out DIR
---overwrite` with the env's default settings otherwise, OMP_NUM_THREADS=1, --jobs runs side by side.
+--overwrite` with the env's default settings otherwise, OMP_NUM_THREADS=1, --jobs runs side by side. BUDGETS
+are the env-step budgets of control.py's defaults, so the sppo rows are the default SPPO runs on unseen seeds.
 Seeds start at 101: seeds 1-3 were used for tuning. Success and return are control.py's final evaluation
 (summary.json: 100 episodes on seeds training never draws). Each mean over seeds comes with a 95% percentile
 bootstrap interval (10,000 resamples of the seeds, a fixed generator seed, so reruns give the same interval).
@@ -35,15 +36,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALGOS = ["sppo", "grpo", "ppo"]
 TARGETS = {"CartPole-v1": 0.95, "MountainCar-v0": 0.9, "LunarLander-v3": 0.8, "Pendulum-v1": 0.8,
            "Hopper-v5": 0.5}
-BUDGETS = {"CartPole-v1": 300_000, "MountainCar-v0": 600_000, "LunarLander-v3": 600_000,
-           "Pendulum-v1": 1_000_000, "Hopper-v5": 300_000}
+sys.path.insert(0, ROOT)
+import control  # noqa: E402
+
+# every algorithm gets the env-step budget of control.py's SPPO default for that env, so the sppo rows are
+# the default runs on unseen seeds
+BUDGETS = {env: spec["config"]["total_steps"] for env, spec in control.ENVS.items()}
 SEEDS = {"CartPole-v1": 5, "MountainCar-v0": 5, "LunarLander-v3": 3, "Pendulum-v1": 3, "Hopper-v5": 3}
 FIRST_SEED = 101  # seeds 1-3 were used for tuning
 QUICK_BUDGETS = {"CartPole-v1": 60_000, "MountainCar-v0": 60_000, "LunarLander-v3": 20_000,
                  "Pendulum-v1": 30_000, "Hopper-v5": 10_000}  # a smoke test: 5-25 updates per run
 # train-loop env steps per second of sppo on one core (control_targets.md): to start the longest runs first
-STEPS_PER_SECOND = {"CartPole-v1": 55_000, "MountainCar-v0": 25_000, "LunarLander-v3": 7_000,
-                    "Pendulum-v1": 15_000, "Hopper-v5": 4_000}
+STEPS_PER_SECOND = {"CartPole-v1": 100_000, "MountainCar-v0": 40_000, "LunarLander-v3": 9_000,
+                    "Pendulum-v1": 25_000, "Hopper-v5": 4_500}
 RESAMPLES = 10_000
 VERDICTS = ("ahead of", "behind", "not distinguishable from")
 
