@@ -62,7 +62,7 @@ class Config:
 
 
 def balanced(ep, since, max_angle):
-    """Pendulum: upright (|angle| <= max_angle, read as cos(angle) = obs[0]) at every step from step `since`."""
+    """Pendulum: upright (|angle| <= max_angle; obs[0] is cos(angle)) at every step from step `since` on."""
     return (np.asarray(ep["obs"][since:, :, 0]) >= np.cos(max_angle)).all(0)
 
 
@@ -105,15 +105,15 @@ ENVS = {
         degenerate="200 needs a soft landing on the pad (+100 at rest, ~+140 for getting there, legs down) "
                    "with little fuel: idle or random engines crash (-100), firing one engine flies off or "
                    "spins, hovering burns fuel for 1000 steps",
-        config=dict(total_steps=2_000_000)),
+        config=dict(total_steps=2_000_000, update_epochs=16)),
     "Pendulum-v1": dict(  # graded: normalised return, 0 is the best possible; success: swung up and held
         outcome=lambda ep: np.clip(1.0 + ep["ret"] / 1500.0, 0.0, 1.0),
         success=lambda ep: balanced(ep, since=100, max_angle=0.3),
         measure=("return", lambda ep: ep["ret"]),  # the env's cost is the task: upright, still, little torque
         degenerate="success is the pendulum within 0.3 rad of upright at every step of the second half "
                    "(steps 100-199): the torque is too weak to lift it directly and upright is unstable, so "
-                   "a constant or random torque leaves it hanging or swinging. (Return >= -200 was dropped: a "
-                   "near-optimal controller fails it from 28% of the starts, bench/pendulum_ceiling.py)",
+                   "a constant or random torque leaves it hanging or swinging. (Return >= -200 was dropped: "
+                   "a near-optimal controller fails it from 28% of the starts, bench/pendulum_ceiling.py)",
         config=dict(total_steps=2_000_000, num_envs=64, episodes=64)),
     "Hopper-v5": dict(  # graded by the forward distance (the return pays +1 a step for standing)
         outcome=lambda ep: np.clip(forward_distance(ep) / 10.0, 0.0, 1.0),
@@ -365,7 +365,7 @@ def update(cfg, agent, actor_opt, critic_opt, steps, outcome, first=False):
             logp = agent.log_prob(dist, flat["actions"][idx])
             loss, pstats = sppo.policy_loss(logp, flat["logp"][idx], flat["adv"][idx], ones.expand_as(logp),
                                             cfg.clip_eps, cfg.dual_clip or None)
-            if cfg.ent_coef:  # the bonus needs the entropy's gradient; without one it is only reported (below)
+            if cfg.ent_coef:  # the bonus needs the entropy's gradient; else it is only reported (below)
                 loss = loss - cfg.ent_coef * agent.entropy(dist).mean()
             step(actor_opt, loss, cfg.max_grad_norm)
             if cfg.algo == "ppo":

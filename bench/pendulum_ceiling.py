@@ -1,4 +1,4 @@
-"""How often can ANY policy reach Pendulum-v1 return >= -200? A near-optimal controller by dynamic programming.
+"""How often can ANY policy reach Pendulum-v1 return >= -200? A near-optimal controller by dynamic programming
 
     python bench/pendulum_ceiling.py          # ~1 minute on one core
 
@@ -30,7 +30,8 @@ def normalise(th):
 def step(th, thd, u):
     """gymnasium Pendulum-v1 step: cost of (th, thd, u), then the next state."""
     cost = normalise(th) ** 2 + 0.1 * thd ** 2 + 0.001 * u ** 2
-    new_thd = np.clip(thd + (3 * G / (2 * L) * np.sin(th) + 3.0 / (M * L ** 2) * u) * DT, -MAX_SPEED, MAX_SPEED)
+    new_thd = thd + (3 * G / (2 * L) * np.sin(th) + 3.0 / (M * L ** 2) * u) * DT
+    new_thd = np.clip(new_thd, -MAX_SPEED, MAX_SPEED)
     return cost, normalise(th + new_thd * DT), new_thd
 
 
@@ -74,12 +75,14 @@ def main():
         rows.append(dict(start_angle=[round(lo, 1), round(lo + 0.4, 1)], episodes=int(m.sum()),
                          mean_return=float(returns[m].mean()), min_return=float(returns[m].min()),
                          success=float((returns[m] >= -200).mean())))
-        print(f"|angle| {lo:.1f}-{lo + 0.4:.1f}: {m.sum():3d} episodes, mean return {returns[m].mean():7.1f}, "
+        print(f"|angle| {lo:.1f}-{lo + 0.4:.1f}: {m.sum():3d} episodes, "
+              f"mean return {returns[m].mean():7.1f}, "
               f"worst {returns[m].min():7.1f}, return >= -200: {(returns[m] >= -200).mean():.2f}")
     result = dict(episodes=len(returns), mean_return=float(returns.mean()),
                   success_rate=float((returns >= -200).mean()), by_start_angle=rows,
                   dp_value_mean=float(-interp(V, np.array([0.0]), np.array([0.0]))[0]))
-    print(f"DP controller: mean return {returns.mean():.1f}, success (return >= -200) {result['success_rate']:.2f}")
+    print(f"DP controller: mean return {returns.mean():.1f}, "
+          f"success (return >= -200) {result['success_rate']:.2f}")
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     with open(os.path.join(ROOT, "bench", "results", "pendulum_ceiling.json"), "w") as f:
         json.dump(result, f, indent=1)
