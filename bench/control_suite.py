@@ -17,8 +17,7 @@ update's batch success rate: every training episode starts from a fresh seed, so
 sample of the current policy on unseen starts. "Steps to target" is the first update whose batch success
 rate reaches TARGETS[env].
 Writes RESULTS/control_suite.{md,json} and RESULTS/control_<env>.png (plots need matplotlib).
-The helpers (run, bootstrap_ci, bootstrap_diff, run_all, machine) are shared with control_ablation.py and
-control_targets.py.
+The helpers (run, bootstrap_ci, bootstrap_diff, run_all, machine) are shared with control_ablation.py.
 """
 import argparse
 import csv
@@ -46,7 +45,7 @@ SEEDS = {"CartPole-v1": 5, "MountainCar-v0": 5, "LunarLander-v3": 3, "Pendulum-v
 FIRST_SEED = 101  # seeds 1-3 were used for tuning
 QUICK_BUDGETS = {"CartPole-v1": 60_000, "MountainCar-v0": 60_000, "LunarLander-v3": 20_000,
                  "Pendulum-v1": 30_000, "Hopper-v5": 10_000}  # a smoke test: 5-25 updates per run
-# train-loop env steps per second of sppo on one core (control_targets.md): to start the longest runs first
+# train-loop env steps per second of sppo on one core (about): to start the longest runs first
 STEPS_PER_SECOND = {"CartPole-v1": 100_000, "MountainCar-v0": 40_000, "LunarLander-v3": 9_000,
                     "Pendulum-v1": 25_000, "Hopper-v5": 4_500}
 RESAMPLES = 10_000
