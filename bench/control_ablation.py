@@ -31,7 +31,6 @@ VARIANTS = [
      "plain PPO clip; the authors' loss adds dual-clip c = 3 on A < 0"),
     ("Pendulum: 16 sub-envs, 32 episodes", "Pendulum-v1", ["--num-envs", "16", "--episodes", "32"],
      "the earlier default batch (3M steps then)"),
-    ("Pendulum: no dual-clip", "Pendulum-v1", ["--dual-clip", "0"], "plain PPO clip"),
 ]
 QUICK_STEPS = 5_000
 

@@ -56,7 +56,7 @@ def test_control_suite_quick(tmp_path):
 def test_control_ablation_quick_merges_by_name(tmp_path):
     cmd = [sys.executable, "bench/control_ablation.py", "--quick", "--out", str(tmp_path / "runs"),
            "--results", str(tmp_path / "results")]
-    first = subprocess.run(cmd + ["--only", "Pendulum: no dual-clip", "--seeds", "2"], cwd=ROOT,
+    first = subprocess.run(cmd + ["--only", "Pendulum: 16 sub-envs, 32 episodes", "--seeds", "2"], cwd=ROOT,
                            capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     second = subprocess.run(cmd + ["--only", "CartPole: no dual-clip"], cwd=ROOT, capture_output=True,
@@ -64,14 +64,15 @@ def test_control_ablation_quick_merges_by_name(tmp_path):
     assert second.returncode == 0, second.stderr
     table = json.load(open(tmp_path / "results" / "control_ablation.json"))["results"]
     # the first call's row is still there; rows in VARIANTS order (CartPole's first)
-    assert list(table) == ["CartPole: no dual-clip", "Pendulum: no dual-clip"]
-    for name, seeds in (("Pendulum: no dual-clip", [101, 102]), ("CartPole: no dual-clip", [101])):
+    assert list(table) == ["CartPole: no dual-clip", "Pendulum: 16 sub-envs, 32 episodes"]
+    pendulum = "Pendulum: 16 sub-envs, 32 episodes"
+    for name, seeds in ((pendulum, [101, 102]), ("CartPole: no dual-clip", [101])):
         r = table[name]
         assert r["seeds"] == seeds and len(r["success_rates"]) == len(seeds) and r["quick"], name
         assert r["budget"] == 5_000 and r["ci95"][0] <= r["success_rate_mean"] <= r["ci95"][1], name
     assert table["CartPole: no dual-clip"]["change"] == "--dual-clip 0"
     assert table["CartPole: no dual-clip"]["runs"][0]["config"]["dual_clip"] == 0
     md = (tmp_path / "results" / "control_ablation.md").read_text()
-    assert "| Pendulum: no dual-clip | Pendulum-v1 | `--dual-clip 0` | 5,000 |" in md
+    assert f"| {pendulum} | Pendulum-v1 | `--num-envs 16 --episodes 32` | 5,000 |" in md
     bad = subprocess.run(cmd + ["--only", "no such variant"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown variant" in bad.stderr
