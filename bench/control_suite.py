@@ -105,6 +105,10 @@ def bootstrap_diff(a, b, resamples=RESAMPLES, seed=0):
     return dict(difference=float(a.mean() - b.mean()), ci95=[low, high], verdict=verdict)
 
 
+def runs_of(runs, env):
+    return [r for r in runs if r["env"] == env]
+
+
 def mean(xs):
     xs = [x for x in xs if x is not None]
     return float(np.mean(xs)) if xs else None
@@ -177,12 +181,24 @@ def main():
     start = time.time()
     runs = run_all(jobs, args.jobs)
     info = machine(args.jobs, time.time() - start)
+    for r in runs:
+        r["measured"] = info
+    path = os.path.join(results_dir, "control_suite.json")
+    if os.path.exists(path) and not args.quick:  # the envs measured in an earlier call (not in --envs) stay
+        earlier = json.load(open(path))
+        for r in earlier["runs"]:  # "machine" was one string for all envs before it was one per env
+            m = earlier["machine"]
+            r.setdefault("measured", m if isinstance(m, str) else m[r["env"]])
+        runs = [r for r in earlier["runs"] if r["env"] not in args.envs] + runs
+    envs = [env for env in BUDGETS if any(r["env"] == env for r in runs)]
     table, verdicts = {}, {}
-    lines = [f"Machine: {info}.", "",
-             "| env | algo | budget | success mean [95% CI] | success per seed | return (mean) "
-             "| steps to target (mean) | seconds to target (mean) | runs reaching target | wall s (mean) |",
-             "|---" * 10 + "|"]
-    for env in args.envs:
+    measured = {env: runs_of(runs, env)[0]["measured"] for env in envs}
+    lines = ["Measured (machine, date, runs side by side, the call's total time):"]
+    lines += [f"- {env}: {m}" for env, m in measured.items()] + [""]
+    lines += ["| env | algo | budget | success mean [95% CI] | success per seed | return (mean) "
+              "| steps to target (mean) | seconds to target (mean) | runs reaching target | wall s (mean) |",
+              "|---" * 10 + "|"]
+    for env in envs:
         table[env] = {algo: summarise([r for r in runs if (r["env"], r["algo"]) == (env, algo)], budgets[env])
                       for algo in ALGOS}
         for algo, t in table[env].items():
@@ -209,8 +225,8 @@ def main():
     print(text)
     with open(os.path.join(results_dir, "control_suite.md"), "w") as f:
         f.write(text + "\n")
-    with open(os.path.join(results_dir, "control_suite.json"), "w") as f:
-        json.dump(dict(machine=info, quick=args.quick, targets=TARGETS, results=table, runs=runs), f,
+    with open(path, "w") as f:
+        json.dump(dict(machine=measured, quick=args.quick, targets=TARGETS, results=table, runs=runs), f,
                   indent=1)
 
 

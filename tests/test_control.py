@@ -380,11 +380,11 @@ def test_hopper_forward_distance_is_the_torso_x_moved():
 
 
 def test_pendulum_success_is_upright_through_the_second_half():
-    """Swung up by step 100 and held within 0.3 rad: success; one step out of it (or still down): none."""
+    """Swung up by step 100 and held within 0.5 rad: success; one step out of it (or still down): none."""
     angle = np.zeros((200, 3))
     angle[:100] = np.pi  # all three hang down first
-    angle[150, 1] = 0.35  # episode 1 tips out once
-    angle[100:, 2] = 0.29  # episode 2 leans, inside the band
+    angle[150, 1] = 0.55  # episode 1 tips out once
+    angle[100:, 2] = 0.41  # episode 2 leans as far as the motor can hold it, inside the band
     ep = {"obs": np.stack([np.cos(angle), np.sin(angle), np.zeros_like(angle)], -1), "ret": np.zeros(3)}
     assert list(control.ENVS["Pendulum-v1"]["success"](ep)) == [True, False, True]
     angle[99, 0] = 0.0  # being upright before step 100 changes nothing
