@@ -105,7 +105,7 @@ ENVS = {
         degenerate="200 needs a soft landing on the pad (+100 at rest, ~+140 for getting there, legs down) "
                    "with little fuel: idle or random engines crash (-100), firing one engine flies off or "
                    "spins, hovering burns fuel for 1000 steps",
-        config=dict(total_steps=2_000_000)),  # 8 epochs: 0.96 mean on seeds 101-103, 16: 0.45 (ablation)
+        config=dict(total_steps=2_000_000)),  # 8 epochs: 0.96 on seeds 101-103, 16: 0.45 (ablation)
     "Pendulum-v1": dict(  # graded: normalised return, 0 is the best possible; success: swung up and held
         outcome=lambda ep: np.clip(1.0 + ep["ret"] / 1500.0, 0.0, 1.0),
         success=lambda ep: balanced(ep, since=100, max_angle=0.5),
