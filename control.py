@@ -111,8 +111,8 @@ ENVS = {
         success=lambda ep: balanced(ep, since=100, max_angle=0.5),
         measure=("return", lambda ep: ep["ret"]),  # the env's cost is the task: upright, still, little torque
         degenerate="success is the pendulum within 0.5 rad of upright at every step of the second half "
-                   "(steps 100-199; the motor can hold a lean of at most 0.41 rad, where 5 sin(angle) = its 2 "
-                   "Nm): the torque is too weak to lift it directly and upright is unstable, so "
+                   "(steps 100-199; the motor holds a lean of 0.41 rad at most): "
+                   "the torque is too weak to lift it directly and upright is unstable, so "
                    "a constant or random torque leaves it hanging or swinging. (Return >= -200 was dropped: "
                    "a near-optimal controller fails it from 28% of the starts, bench/pendulum_ceiling.py)",
         config=dict(total_steps=2_000_000, num_envs=64, episodes=64)),
