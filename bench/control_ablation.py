@@ -73,13 +73,15 @@ def main():
                            measured=info, runs=rs)
     suite_path = os.path.join(ROOT, "bench", "results", "control_suite.json")
     suite_runs = json.load(open(suite_path))["runs"] if os.path.exists(suite_path) and not args.quick else []
-    for env in dict.fromkeys(env for _, env, *_ in variants):  # each env's defaults: the suite's sppo runs
+    for env in dict.fromkeys(env for _, env, *_ in VARIANTS):  # each env's defaults: the suite's sppo runs
         rs = [r for r in suite_runs if (r["env"], r["algo"]) == (env, "sppo") and r["seed"] in seeds]
         if rs:
             s = [r["success_rate"] for r in rs]
             table[f"{env.split('-')[0]}: defaults"] = dict(
-                env=env, flags=[], change="none", note="control.py's defaults (control_suite's sppo runs)",
-                budget=rs[0]["env_steps"], success_rate_mean=mean(s), ci95=bootstrap_ci(s),
+                env=env, flags=[], change="none", budget=rs[0]["config"]["total_steps"],
+                note="the suite's sppo runs: {update_epochs} epochs, {num_envs} sub-envs, {episodes} "
+                     "episodes per update".format(**rs[0]["config"]),
+                success_rate_mean=mean(s), ci95=bootstrap_ci(s),
                 success_rates=s, seeds=[r["seed"] for r in rs], quick=False,
                 return_mean=mean([r["mean_return"] for r in rs]), measured="bench/results/control_suite.json")
     envs = [env for _, env, *_ in VARIANTS]  # rows by env (in VARIANTS order), its defaults first
