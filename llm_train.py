@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import sppo
@@ -103,7 +104,7 @@ ARITHMETIC = {  # level: (operator, range of a, range of b)
     "mul1": ("*", (0, 9), (0, 9)), "mul21": ("*", (10, 99), (2, 9)), "add21": ("+", (10, 99), (1, 9)),
     "sub21": ("-", (10, 99), (1, 9)), "sub1": ("-", (0, 9), (0, 9))}
 # Training seconds: the sum of these per-step times in metrics.jsonl; evaluation and loading do not count.
-TIME_KEYS = ("time_generate", "time_score", "time_old_logp", "time_critic", "time_policy")
+TIME_KEYS = ("time_generate", "time_score", "time_values", "time_critic", "time_policy")
 RUN_FILES = ("config.json", "metrics.jsonl", "values.jsonl", "summary.json", "latest")  # mark a run folder
 
 
@@ -547,14 +548,19 @@ def response_mask(response, eos_ids):
 
 @torch.inference_mode()
 def generate(model, tok, prompts, eos_ids, cfg, greedy, device):
-    """Sample (or greedily decode) one response per prompt. Returns prompt ids/mask and response ids/mask.
-    top_k=0, top_p=1 so the sampling distribution is exactly softmax(logits / temperature)."""
+    """Sample (or greedily decode) one response per prompt: dict of prompt ids/mask and response ids/mask.
+    Sampling also returns logp and entropy of each response token, from the logits generate computed anyway
+    (top_k=0, top_p=1, so they are exactly softmax(logits / temperature)): the PPO ratio's denominator
+    without a second forward pass. Generation stops once every row has ended."""
     ids, mask = left_pad(prompts, tok.pad_token_id, device)
     with autocast(device):
         out = model.generate(input_ids=ids, attention_mask=mask,
                              generation_config=generation_config(cfg, greedy, eos_ids, tok.pad_token_id))
-    response = out[:, ids.shape[1]:]
-    return ids, mask, response, response_mask(response, eos_ids)
+    resp = out.sequences[:, ids.shape[1]:]
+    g = dict(prompt_ids=ids, prompt_mask=mask, resp=resp, rmask=response_mask(resp, eos_ids))
+    if not greedy:
+        g["logp"], g["entropy"] = token_logprobs(torch.stack(out.logits, 1), resp, cfg.temperature, True)
+    return g
 
 
 def decode(tok, resp, rmask):
@@ -568,26 +574,43 @@ def generation_config(cfg, greedy, eos_ids, pad_id):
     from transformers import GenerationConfig
     sampling = ({"do_sample": False} if greedy else
                 {"do_sample": True, "temperature": cfg.temperature, "top_k": 0, "top_p": 1.0})
-    return GenerationConfig(max_new_tokens=cfg.max_new_tokens, eos_token_id=eos_ids,
-                            pad_token_id=pad_id, repetition_penalty=1.0, **sampling)
+    return GenerationConfig(max_new_tokens=cfg.max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id,
+                            repetition_penalty=1.0, return_dict_in_generate=True, output_logits=not greedy,
+                            **sampling)
 
 
 def autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def response_logprobs(model, ids, mask, n_prompt, temperature, with_entropy=False):
-    """log pi(a_t | x, a_<t) of each response token, in float32, from logits / temperature: the distribution
-    the tokens were sampled from. The SAME function gives old and new log-probs, so the first minibatch of
-    an update has ratio exactly 1. ids/mask: [B, P + R] (left-padded prompt then response)."""
-    with autocast(ids.device):
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
-                       logits_to_keep=ids.shape[1] - n_prompt + 1).logits[:, :-1]
+def token_logprobs(logits, tokens, temperature, with_entropy=False):
+    """log pi(a_t | x, a_<t) = log softmax(logits / T)[a_t] in float32 (and the entropy of that distribution)."""
     logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
-    logp = logp_all.gather(-1, ids[:, n_prompt:, None]).squeeze(-1)
+    logp = logp_all.gather(-1, tokens[..., None]).squeeze(-1)
     if not with_entropy:
         return logp
     return logp, -(logp_all.exp() * logp_all).sum(-1)
+
+
+def response_logprobs(model, ids, mask, n_prompt, temperature):
+    """The update's log-probs of each response token: token_logprobs of one forward pass over prompt and
+    response. ids/mask: [B, P + R] (left-padded prompt then response)."""
+    with autocast(ids.device):
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+                       logits_to_keep=ids.shape[1] - n_prompt + 1).logits[:, :-1]
+    return token_logprobs(logits, ids[:, n_prompt:], temperature)
+
+
+def minibatch_logprobs(model, b, mb, temperature):
+    """response_logprobs of rows mb without the columns that are padding in all of them (left of their
+    longest prompt, right of their longest response): no compute on padding. Padded back to the batch's
+    response width with zeros, which rmask masks out."""
+    first = int(b["prompt_mask"][mb].any(0).long().argmax())  # the first column any of these prompts uses
+    width = int(b["rmask"][mb].sum(1).max())  # rmask is 1 up to and including each row's end token
+    end = b["n_prompt"] + width
+    logp = response_logprobs(model, b["ids"][mb, first:end], b["mask"][mb, first:end], b["n_prompt"] - first,
+                             temperature)
+    return F.pad(logp, (0, b["resp"].shape[1] - width))
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -595,8 +618,8 @@ def evaluate(policy, tok, prompts, rows, eos_ids, cfg, device, reward):
     """Greedy accuracy on the held-out problems: the share of responses with reward 1."""
     correct, lengths = 0, 0
     for i in range(0, len(prompts), cfg.eval_batch_size):
-        _, _, resp, rmask = generate(policy, tok, prompts[i:i + cfg.eval_batch_size], eos_ids, cfg, True,
-                                     device)
+        g = generate(policy, tok, prompts[i:i + cfg.eval_batch_size], eos_ids, cfg, True, device)
+        resp, rmask = g["resp"], g["rmask"]
         rewards = score_texts(reward, decode(tok, resp, rmask), [r["answer"] for r in rows[i:i + len(resp)]])
         correct += sum(r == 1.0 for r in rewards)
         lengths += rmask.sum().item()
@@ -703,14 +726,9 @@ def rollout(run, step, m):
         picks = [order.randrange(len(d["train_prompts"])) for _ in range(cfg.batch_size)]
         picks = [p for p in picks for _ in range(samples_per_prompt(cfg))]  # a group = consecutive samples
         prompts = [d["train_prompts"][p] for p in picks]
-        prompt_ids, prompt_mask, resp, rmask = generate(run.policy, run.tok, prompts, run.eos_ids, cfg, False,
-                                                        run.device)
-    b = dict(picks=picks, prompt_ids=prompt_ids, prompt_mask=prompt_mask, resp=resp, rmask=rmask,
-             n_prompt=prompt_ids.shape[1], ids=torch.cat([prompt_ids, resp], 1),
-             mask=torch.cat([prompt_mask, rmask], 1))
-    with timed(m, "time_old_logp"), torch.inference_mode():  # the update's own function: first ratio is 1
-        b["old_logp"], b["entropy"] = response_logprobs(run.policy, b["ids"], b["mask"], b["n_prompt"],
-                                                        cfg.temperature, with_entropy=True)
+        b = generate(run.policy, run.tok, prompts, run.eos_ids, cfg, False, run.device)
+    b.update(picks=picks, n_prompt=b["prompt_ids"].shape[1], ids=torch.cat([b["prompt_ids"], b["resp"]], 1),
+             mask=torch.cat([b["prompt_mask"], b["rmask"]], 1), old_logp=b.pop("logp"))
     return b
 
 
@@ -731,7 +749,7 @@ def compute_advantages(run, b, m):
     """The critic's values BEFORE its update (sppo: V(x) from the prompt alone, in the critic's own
     tokenizer; ppo: V(s_t) along the response), then the algorithm's advantages."""
     cfg, b["values"], b["c_ids"], b["c_mask"] = run.cfg, None, b["prompt_ids"], b["prompt_mask"]
-    with timed(m, "time_old_logp"):
+    with timed(m, "time_values"):
         if run.critic is not None:
             if cfg.algo == "sppo":  # another model family as critic works: it reads its own tokens
                 b["c_ids"], b["c_mask"] = left_pad([run.data["critic_prompts"][p] for p in b["picks"]],
@@ -774,12 +792,14 @@ def update_policy(run, b, m):
     """PPO clipped surrogate, per-token ratio, token-mean over each minibatch's valid tokens (sppo.py)."""
     cfg, stats = run.cfg, []
     with timed(m, "time_policy"):
-        for _ in range(cfg.ppo_epochs):
-            for mb in sppo.minibatches(len(b["picks"]), cfg.minibatches):
-                logp = response_logprobs(run.policy, b["ids"][mb], b["mask"][mb], b["n_prompt"],
-                                         cfg.temperature)
-                loss, s = sppo.policy_loss(logp, b["old_logp"][mb], b["adv"][mb], b["rmask"][mb],
-                                           cfg.clip_eps, cfg.dual_clip or None)
+        for epoch in range(cfg.ppo_epochs):
+            for i, mb in enumerate(sppo.minibatches(len(b["picks"]), cfg.minibatches)):
+                logp = minibatch_logprobs(run.policy, b, mb, cfg.temperature)
+                # before the first optimiser step the policy IS the sampling policy: ratio exactly 1; later
+                # minibatches divide by the log-probs generate sampled with (equal to a recomputation, tested)
+                old = logp.detach() if epoch == i == 0 else b["old_logp"][mb]
+                loss, s = sppo.policy_loss(logp, old, b["adv"][mb], b["rmask"][mb], cfg.clip_eps,
+                                           cfg.dual_clip or None)
                 s["grad_norm"] = optimiser_step(run.actor_opt, run.policy, loss, cfg.max_grad_norm)
                 stats.append({"policy_loss": loss.item(), **s})
         run.actor_sched.step()

@@ -226,6 +226,24 @@ def test_left_padding_does_not_change_logprobs():
     assert (unmasked[1] - batched[1]).abs().max() > 1e-4
 
 
+def test_minibatch_logprobs_skip_padding_columns_only():
+    """Rows 0 and 2 (short prompts, short responses): the columns padding in both are left out, and their
+    log-probs are those of the full-width batch; the columns cut off come back as zeros."""
+    model, tok, prompts = tiny_batch(["Hi", "What is 1 + 2? Say it in words", "Yo"])
+    ids, mask = L.left_pad(prompts, tok.pad_token_id, CPU)
+    rmask = torch.tensor([[1, 1, 1, 0, 0, 0], [1] * 6, [1, 0, 0, 0, 0, 0]])  # response lengths 3, 6, 1
+    resp = torch.randint(3, 100, (3, 6), generator=torch.Generator().manual_seed(0)) * rmask
+    b = dict(ids=torch.cat([ids, resp], 1), mask=torch.cat([mask, rmask], 1), prompt_mask=mask, resp=resp,
+             rmask=rmask, n_prompt=ids.shape[1])
+    mb = torch.tensor([2, 0])
+    with torch.no_grad():
+        full = L.response_logprobs(model, b["ids"][mb], b["mask"][mb], ids.shape[1], 0.7)
+        cut = L.minibatch_logprobs(model, b, mb, 0.7)
+    assert cut.shape == full.shape and (cut[:, 3:] == 0).all()
+    torch.testing.assert_close(cut * rmask[mb], full * rmask[mb], atol=1e-5, rtol=0)
+    assert (mask[mb].sum(0) == 0).sum() > 0  # the test does cut prompt columns
+
+
 def test_response_mask_ends_at_first_end_token():
     eos = [2, 9]
     resp = torch.tensor([[5, 2, 2, 2], [5, 6, 7, 8], [2, 2, 2, 2], [5, 9, 2, 2], [5, 6, 2, 7]])
@@ -247,32 +265,40 @@ def test_generation_stops_on_any_end_id():
     model, tok, prompts = tiny_batch(["What is 1 + 2?", "Hi there"])
     cfg = L.Config(max_new_tokens=6)
     eos = L.end_ids(model, tok)
-    _, _, resp, rmask = L.generate(model, tok, prompts, eos, cfg, True, CPU)
+    g = L.generate(model, tok, prompts, eos, cfg, True, CPU)
+    resp, rmask = g["resp"], g["rmask"]
     assert resp.shape[1] == 6 and rmask.sum().item() == 12  # the random model never ends by itself
     # declare the first greedy token of row 0 an end-of-turn id: that row must stop there, EOS included
     first = resp[0, 0].item()
-    _, _, resp2, rmask2 = L.generate(model, tok, prompts, eos + [first], cfg, True, CPU)
+    g2 = L.generate(model, tok, prompts, eos + [first], cfg, True, CPU)
+    resp2, rmask2 = g2["resp"], g2["rmask"]
     assert rmask2[0].tolist() == [1] + [0] * (resp2.shape[1] - 1)
     assert (resp2[0, 1:] == tok.pad_token_id).all()
 
 
 def test_logprobs_are_those_of_the_sampling_distribution():
-    """Old/new log-probs = log softmax(logits / T), exactly what generate sampled from (top_k/top_p off)."""
+    """generate's log-probs (the PPO ratio's denominator) = log softmax(logits / T) of what it sampled from
+    (top_k/top_p off) = the update's recomputation by response_logprobs; the entropy is that distribution's."""
     model, tok, prompts = tiny_batch(["What is 1 + 2?", "Hi"])
     cfg = L.Config(max_new_tokens=5, temperature=0.7)
     ids, mask = L.left_pad(prompts, tok.pad_token_id, CPU)
     torch.manual_seed(1)
     gen = L.generation_config(cfg, False, L.end_ids(model, tok), tok.pad_token_id)
-    out = model.generate(input_ids=ids, attention_mask=mask, output_scores=True, return_dict_in_generate=True,
-                         generation_config=gen)
-    resp = out.sequences[:, ids.shape[1]:]
-    rmask = L.response_mask(resp, L.end_ids(model, tok))
-    sampled = torch.stack(out.scores, 1).float().log_softmax(-1).gather(-1, resp[..., None]).squeeze(-1)
+    gen.output_scores = True  # HF's processed scores: logits / T
+    out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+    torch.manual_seed(1)
+    g = L.generate(model, tok, prompts, L.end_ids(model, tok), cfg, False, CPU)
+    resp, rmask = g["resp"], g["rmask"]
+    assert torch.equal(resp, out.sequences[:, ids.shape[1]:])  # same draw: our call samples as HF does
+    sampled = torch.stack(out.scores, 1).float().log_softmax(-1)  # HF's processed scores = logits / T
+    torch.testing.assert_close(g["logp"], sampled.gather(-1, resp[..., None]).squeeze(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(g["entropy"], -(sampled.exp() * sampled).sum(-1), atol=1e-5, rtol=0)
     full, full_mask = torch.cat([ids, resp], 1), torch.cat([mask, rmask], 1)
-    ours = L.response_logprobs(model, full, full_mask, ids.shape[1], cfg.temperature)
-    torch.testing.assert_close(ours * rmask, sampled * rmask, atol=1e-4, rtol=0)
-    at_one = L.response_logprobs(model, full, full_mask, ids.shape[1], 1.0)
-    assert ((at_one - sampled).abs() * rmask).max() > 1e-3  # temperature 1 would be the wrong distribution
+    with torch.no_grad():
+        ours = L.response_logprobs(model, full, full_mask, ids.shape[1], cfg.temperature)
+        at_one = L.response_logprobs(model, full, full_mask, ids.shape[1], 1.0)
+    torch.testing.assert_close(ours * rmask, g["logp"] * rmask, atol=1e-5, rtol=0)
+    assert ((at_one - g["logp"]).abs() * rmask).max() > 1e-3  # temperature 1 would be the wrong distribution
 
 
 def test_sppo_critic_value_ignores_response_tokens():
@@ -589,10 +615,18 @@ def test_embedded_smollm2_answers_and_round_trips(tmp_path):
     rows = [{"prompt": "What is 2 + 3? Give the final answer as a number after 'Answer:'", "answer": "5",
              "where": "t"}]
     prompts = L.encode_prompts(rows, tok, 256)
-    _, _, resp, rmask = L.generate(model, tok, prompts, eos, cfg, True, CPU)
+    g = L.generate(model, tok, prompts, eos, cfg, True, CPU)
+    resp, rmask = g["resp"], g["rmask"]
     text = tok.decode(resp[0][rmask[0].bool()], skip_special_tokens=True)
     assert L.reward_fn(text, "5") == 1.0, text
     assert rmask[0, -1] == 0 or rmask.shape[1] < cfg.max_new_tokens  # it ended its turn by itself
+    # sampled, left-padded: generate's log-probs are the update's recomputation on the real model too
+    two = L.encode_prompts(rows + [{"prompt": "What is 17 * 3? Answer briefly.", "answer": "51"}], tok, 256)
+    s = L.generate(model, tok, two, eos, cfg, False, CPU)
+    ids, mask = torch.cat([s["prompt_ids"], s["resp"]], 1), torch.cat([s["prompt_mask"], s["rmask"]], 1)
+    with torch.no_grad():
+        again = L.response_logprobs(model, ids, mask, s["prompt_ids"].shape[1], cfg.temperature)
+    torch.testing.assert_close(again * s["rmask"], s["logp"] * s["rmask"], atol=1e-4, rtol=0)
     L.save_model(model, tok, str(tmp_path / "s"))
     back = AutoModelForCausalLM.from_pretrained(str(tmp_path / "s"))
     x = torch.tensor(prompts)
