@@ -52,8 +52,8 @@ class Config:
     critic_layers: int = 6  # keep only the first K transformer layers of the critic (0 = all): a small critic
     algo: str = "sppo"  # sppo | grpo | ppo
     group_size: int = 8  # grpo: samples per prompt
-    steps: int = 12  # training steps (one batch of prompts each)
-    batch_size: int = 32  # prompts per step (grpo samples group_size responses for each)
+    steps: int = 10  # training steps (one batch of prompts each)
+    batch_size: int = 64  # prompts per step (grpo samples group_size responses for each); 32 was unstable
     minibatches: int = 2  # minibatches per PPO epoch (one optimiser step each; paper: 256 prompts / 128)
     ppo_epochs: int = 1  # passes over each batch
     lr: float = 3e-5  # actor learning rate (paper: 1e-6 at 256 prompts/step on GPUs; higher for a CPU run)
@@ -558,8 +558,9 @@ def generate(model, tok, prompts, eos_ids, cfg, greedy, device):
                              generation_config=generation_config(cfg, greedy, eos_ids, tok.pad_token_id))
     resp = out.sequences[:, ids.shape[1]:]
     g = dict(prompt_ids=ids, prompt_mask=mask, resp=resp, rmask=response_mask(resp, eos_ids))
-    if not greedy:
-        g["logp"], g["entropy"] = token_logprobs(torch.stack(out.logits, 1), resp, cfg.temperature, True)
+    if not greedy:  # one generation step at a time: no [B, R, vocab] copy in memory
+        steps = [token_logprobs(logits, resp[:, t], cfg.temperature, True) for t, logits in enumerate(out.logits)]
+        g["logp"], g["entropy"] = (torch.stack(x, 1) for x in zip(*steps))
     return g
 
 
@@ -1110,9 +1111,10 @@ def build_run(cfg, saved, reward, t_start):
 
     def warmup(s):
         return min(1.0, (s + 1) / (cfg.warmup_steps + 1))
-    actor_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    critic_opt = (torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay)
-                  if critic is not None else None)
+    # fused: one kernel for the whole AdamW update, half the time of the default on this CPU (CUDA has it too)
+    actor_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    critic_opt = (torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay,
+                                    fused=True) if critic is not None else None)
     state = dict(step=0, value_initialised=False, eval_accuracy_before=None, eval_history=[],
                  generated_tokens=0, wall_seconds=0.0, train_seconds=0.0)
     run = Run(cfg=cfg, device=device, policy=policy, tok=tok, critic=critic, critic_tok=critic_tok,

@@ -7,9 +7,10 @@ the small critic against the full one; the tail effect.
 
 Every run is `python llm_train.py ...` in its own process (OMP_NUM_THREADS=1, --threads 1; --jobs 2 runs two
 side by side), in OUT/<run>/ with its log in log.txt. The same for all runs:
-  samples   64 per step: sppo and ppo 64 prompts x 1 response, grpo 8 prompts x 8 (--group-size 8); 4
-            minibatches of 16 samples (one AdamW step each), 1 epoch (--ppo-epochs 1).
-  budget    --time-budget 480 training seconds: each step's generate + score + old-logp + critic + policy time
+  samples   64 per step: sppo and ppo 64 prompts x 1 response, grpo 8 prompts x 8 (--group-size 8); 2
+            minibatches of 32 samples (one AdamW step each), 1 epoch (--ppo-epochs 1), as llm_train's defaults
+            (16-sample minibatches drifted to long wrong answers in development runs).
+  budget    --time-budget 480 training seconds: each step's generate + score + values + critic + policy time
             (loading and evaluation do not count). A run stops at the first step past it (--steps 1000
             is never reached), so runs end within one step (~2 min) after 480 s: `train_seconds` says where.
   test set  OUT/data/test.jsonl, written once: llm_train.arithmetic(levels, 256, 0, "test"), whatever the
@@ -57,7 +58,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import llm_train  # noqa: E402  (the built-in task and TIME_KEYS: one definition)
 
-FULL = dict(model="smollm2", samples=64, group_size=8, minibatches=4, max_new_tokens=32, eval_size=256,
+FULL = dict(model="smollm2", samples=64, group_size=8, minibatches=2, max_new_tokens=32, eval_size=256,
             critic_layers=6, budget=480, eval_every_seconds=60, seeds=[1, 2, 3], sweep_budget=360,
             sweep_seeds=[11, 12], grid_size=3, train_problems=5000)
 QUICK = dict(model="tiny", samples=16, group_size=8, minibatches=2, max_new_tokens=8, eval_size=16,

@@ -4,12 +4,13 @@
     python bench/llm_speed.py --baseline 49b1d83 --full      # the whole default run each (accuracy too)
     python bench/llm_speed.py --baseline 49b1d83 --quick     # the tiny random model: a check that it works
 
-Each run is `python llm_train.py` with the default settings (torch's default threads), --steps cut to
---steps unless --full, and a smaller held-out set unless --full (evaluation is not training time). The
-two versions run one after the other, alternating over --rounds, so a change in the machine's speed hits
-both alike; compare numbers of one run only. Seconds per sample = training seconds (the phases of
-llm_train.TIME_KEYS summed over the steps) / responses sampled. Also checks that the first minibatch of
-every step had ratio exactly 1 (approx_kl and clip fraction 0). Writes RESULTS/llm_speed.{md,json}.
+Each run is `python llm_train.py` with the current version's defaults, given as flags to both versions
+(torch's default threads), --steps cut to --steps unless --full, and a smaller held-out set unless --full
+(evaluation is not training time). The two versions run one after the other, alternating over --rounds, so
+a change in the machine's speed hits both alike; compare numbers of one run only. Seconds per sample =
+training seconds (the phases of llm_train.TIME_KEYS summed over the steps) / responses sampled. Also checks
+that the first minibatch of every step had ratio exactly 1 (approx_kl and clip fraction 0).
+Writes RESULTS/llm_speed.{md,json} (llm_speed_full.* with --full).
 """
 import argparse
 import json
@@ -21,6 +22,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import llm_train  # noqa: E402  (its Config: the current defaults)
 PHASES = ("time_generate", "time_old_logp", "time_values", "time_score", "time_critic", "time_policy")
 
 
@@ -68,8 +71,10 @@ def main():
     if args.quick:
         flags = ["--model", "tiny", "--steps", "2", "--batch-size", "4", "--eval-size", "8",
                  "--max-new-tokens", "8"]
-    else:
-        flags = [] if args.full else ["--steps", str(args.steps), "--eval-size", "16"]
+    else:  # the current defaults, spelled out: the baseline's own defaults may differ
+        c = llm_train.Config()
+        flags = ["--batch-size", str(c.batch_size), "--minibatches", str(c.minibatches), "--lr", str(c.lr),
+                 "--steps", str(c.steps if args.full else args.steps)] + ([] if args.full else ["--eval-size", "16"])
     work = tempfile.mkdtemp(prefix="llm_speed_")
     base_dir = checkout(args.baseline, tempfile.mkdtemp(prefix="llm_base_"))
     runs = {"current": [], "baseline": []}
