@@ -198,6 +198,8 @@ def test_arithmetic_splits_disjoint_and_seeded():
     test = L.arithmetic(list(L.ARITHMETIC), 500, 0, "test")
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
     assert test == L.arithmetic(list(L.ARITHMETIC), 500, 0, "test")
+    held_out = [L.load_data(L.Config(seed=s, eval_size=64))[1] for s in (0, 1)]
+    assert held_out[0] == held_out[1]  # seeds are compared on the same held-out problems
     q = test[0]["prompt"].split("What is ")[1].split("?")[0].split()
     a, op, b = int(q[0]), q[1], int(q[2])
     assert int(test[0]["answer"]) == {"+": a + b, "-": a - b, "*": a * b}[op]
