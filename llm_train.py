@@ -121,7 +121,7 @@ def fail(msg):
 NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 MAX_CHARS = 4000  # only the end of a completion is examined, and answers longer than MAX_ANSWER are wrong:
 MAX_ANSWER = 300  # the time a hostile completion can cost stays bounded
-VERIFY_SECONDS = 0.5  # math-verify's budget per call (a SIGALRM timer, so only in the main thread)
+VERIFY_SECONDS = 0.5  # math-verify's CPU-time budget per call (a SIGPROF timer, so only in the main thread)
 
 
 def last_boxed(text):
@@ -189,15 +189,16 @@ def math_equal(got, gold):
 
     def on_alarm(signum, frame):
         raise TimeoutException("reward timed out")  # a BaseException: math-verify's own handlers let it pass
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, VERIFY_SECONDS)
+    # CPU time, not wall time: on a busy machine a wall-clock budget turned right answers into wrong ones
+    previous = signal.signal(signal.SIGPROF, on_alarm)
+    signal.setitimer(signal.ITIMER_PROF, VERIFY_SECONDS)
     try:
         return check()
     except TimeoutException:
         return False
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 def reward_fn(completion, answer):
@@ -603,16 +604,42 @@ def response_logprobs(model, ids, mask, n_prompt, temperature):
     return token_logprobs(logits, ids[:, n_prompt:], temperature)
 
 
+def shared_prefix(prompt_ids, prompt_mask):
+    """The tokens every prompt of the batch starts with, [S] (the chat template's system prompt and more:
+    27 of ~50 tokens for SmolLM2 on the built-in task), at most the shortest prompt's length - 1, so each
+    row keeps a prompt token to predict its first response token from."""
+    lengths = prompt_mask.sum(1)
+    first = prompt_ids.shape[1] - lengths  # left padding: the column each prompt starts at
+    n = int(lengths.min())
+    aligned = torch.stack([row[f:f + n] for row, f in zip(prompt_ids, first.tolist())])
+    same = (aligned == aligned[:1]).all(0).long()
+    return aligned[0, :min(int(same.cumprod(0).sum()), n - 1)]
+
+
 def minibatch_logprobs(model, b, mb, temperature):
-    """response_logprobs of rows mb without the columns that are padding in all of them (left of their
-    longest prompt, right of their longest response): no compute on padding. Padded back to the batch's
-    response width with zeros, which rmask masks out."""
-    first = int(b["prompt_mask"][mb].any(0).long().argmax())  # the first column any of these prompts uses
-    width = int(b["rmask"][mb].sum(1).max())  # rmask is 1 up to and including each row's end token
-    end = b["n_prompt"] + width
-    logp = response_logprobs(model, b["ids"][mb, first:end], b["mask"][mb, first:end], b["n_prompt"] - first,
-                             temperature)
-    return F.pad(logp, (0, b["resp"].shape[1] - width))
+    """response_logprobs of rows mb, computing only what differs between rows. The prefix every prompt
+    shares (b["shared"]) runs once, as a single row whose keys and values every row attends to (the
+    gradient flows back through them); each row then drops those tokens and the columns that are padding
+    in all rows (left of their longest remaining prompt, right of their longest response). Positions stay
+    those of the full sequence, so the log-probs are response_logprobs' (tested). Padded back to the
+    batch's response width with zeros, which rmask masks out."""
+    n_prompt, shared = b["n_prompt"], b["shared"]
+    start = n_prompt - b["prompt_mask"][mb].sum(1, keepdim=True)  # where each row's prompt starts
+    cols = torch.arange(b["ids"].shape[1], device=start.device)
+    mask = b["mask"][mb] * ((cols < start) | (cols >= start + len(shared)))  # the shared tokens come out
+    first = int(mask.any(0).long().argmax())  # the first column any row still uses
+    end = n_prompt + int(b["rmask"][mb].sum(1).max())  # rmask is 1 up to and including each row's end token
+    ids, mask = b["ids"][mb, first:end], mask[:, first:end]
+    with autocast(ids.device):
+        past = None
+        if len(shared):  # S shared tokens: positions 0..S-1, then each row's own tokens from S on
+            past = model(input_ids=shared[None], use_cache=True).cache
+            past.batch_repeat_interleave(len(ids))
+            mask = torch.cat([mask.new_ones(len(ids), len(shared)), mask], 1)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)[:, len(shared):],
+                       cache=past, logits_to_keep=end - n_prompt + 1).logits[:, :-1]
+    logp = token_logprobs(logits, ids[:, n_prompt - first:], temperature)
+    return F.pad(logp, (0, b["resp"].shape[1] - logp.shape[1]))
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -730,7 +757,10 @@ def rollout(run, step, m):
         prompts = [d["train_prompts"][p] for p in picks]
         b = generate(run.policy, run.tok, prompts, run.eos_ids, cfg, False, run.device)
     b.update(picks=picks, n_prompt=b["prompt_ids"].shape[1], ids=torch.cat([b["prompt_ids"], b["resp"]], 1),
-             mask=torch.cat([b["prompt_mask"], b["rmask"]], 1), old_logp=b.pop("logp"))
+             mask=torch.cat([b["prompt_mask"], b["rmask"]], 1), old_logp=b.pop("logp"),
+             shared=shared_prefix(b["prompt_ids"], b["prompt_mask"]))
+    if run.policy.is_gradient_checkpointing:  # it turns the key/value cache off in training: no sharing
+        b["shared"] = b["shared"][:0]
     return b
 
 

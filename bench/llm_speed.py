@@ -55,8 +55,8 @@ def one_run(code_dir, flags, out):
                 phases={k: sum(m.get(k, 0.0) for m in steps) / len(steps) for k in PHASES if k in steps[0]},
                 first_ratio_one=all(m["first_minibatch_approx_kl"] == 0 == m["first_minibatch_clip_frac"]
                                     for m in steps),
-                accuracy_before=summary["eval_accuracy_before"], accuracy_after=summary["eval_accuracy_after"],
-                peak_memory_bytes=summary["peak_memory_bytes"])
+                accuracy_before=summary["eval_accuracy_before"],
+                accuracy_after=summary["eval_accuracy_after"], peak_memory_bytes=summary["peak_memory_bytes"])
 
 
 def main():
@@ -74,7 +74,8 @@ def main():
     else:  # the current defaults, spelled out: the baseline's own defaults may differ
         c = llm_train.Config()
         flags = ["--batch-size", str(c.batch_size), "--minibatches", str(c.minibatches), "--lr", str(c.lr),
-                 "--steps", str(c.steps if args.full else args.steps)] + ([] if args.full else ["--eval-size", "16"])
+                 "--steps", str(c.steps if args.full else args.steps)]
+        flags += [] if args.full else ["--eval-size", "16"]
     work = tempfile.mkdtemp(prefix="llm_speed_")
     base_dir = checkout(args.baseline, tempfile.mkdtemp(prefix="llm_base_"))
     runs = {"current": [], "baseline": []}
@@ -94,7 +95,8 @@ def main():
         lines.append(f"| {rev} | {mean(name, 'seconds_per_sample'):.3f} | "
                      + " | ".join(f"{ph[k]:.2f}" for k in PHASES)
                      + f" | {all(x['first_ratio_one'] for x in runs[name])} | "
-                     + ", ".join(f"{x['accuracy_before']:.3f} -> {x['accuracy_after']:.3f}" for x in runs[name])
+                     + ", ".join(f"{x['accuracy_before']:.3f} -> {x['accuracy_after']:.3f}"
+                                 for x in runs[name])
                      + f" | {mean(name, 'wall_seconds'):.0f} |")
     measured = f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores"
     what = "tiny model (--quick)" if args.quick else "the default run" + ("" if args.full else

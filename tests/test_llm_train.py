@@ -228,22 +228,49 @@ def test_left_padding_does_not_change_logprobs():
     assert (unmasked[1] - batched[1]).abs().max() > 1e-4
 
 
-def test_minibatch_logprobs_skip_padding_columns_only():
-    """Rows 0 and 2 (short prompts, short responses): the columns padding in both are left out, and their
-    log-probs are those of the full-width batch; the columns cut off come back as zeros."""
-    model, tok, prompts = tiny_batch(["Hi", "What is 1 + 2? Say it in words", "Yo"])
-    ids, mask = L.left_pad(prompts, tok.pad_token_id, CPU)
+def test_shared_prefix_is_what_every_prompt_starts_with():
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [5, 6, 7, 9, 9, 9], [0, 5, 6, 7, 8, 1]])
+    mask = (torch.arange(6) >= torch.tensor([[2], [0], [1]])).long()
+    assert L.shared_prefix(ids, mask).tolist() == [5, 6, 7]
+    # at most the shortest prompt - 1: that row still needs a prompt token to predict its first response
+    assert L.shared_prefix(ids[:1, 2:], mask[:1, 2:]).tolist() == [5, 6, 7]
+    assert L.shared_prefix(torch.tensor([[5, 6], [4, 6]]), torch.ones(2, 2, dtype=torch.long)).tolist() == []
+
+
+def test_minibatch_logprobs_equal_the_full_batch_values_and_gradients():
+    """Rows 0 and 2 (short prompts, short responses), then all three: the chat template's shared prefix runs
+    once and the columns padding in all rows are left out, yet the log-probs and the gradient they give the
+    weights are those of the full-width batch; the response columns cut off come back as zeros."""
+    model, tok = L.tiny_model(0)
+    texts = ["Hi", "What is 1 + 2? Say it in words", "Yo"]
+    rows = [{"prompt": p, "answer": "1", "where": "t"} for p in texts]
+    ids, mask = L.left_pad(L.encode_prompts(rows, tok, 256), tok.pad_token_id, CPU)
     rmask = torch.tensor([[1, 1, 1, 0, 0, 0], [1] * 6, [1, 0, 0, 0, 0, 0]])  # response lengths 3, 6, 1
     resp = torch.randint(3, 100, (3, 6), generator=torch.Generator().manual_seed(0)) * rmask
     b = dict(ids=torch.cat([ids, resp], 1), mask=torch.cat([mask, rmask], 1), prompt_mask=mask, resp=resp,
-             rmask=rmask, n_prompt=ids.shape[1])
-    mb = torch.tensor([2, 0])
-    with torch.no_grad():
-        full = L.response_logprobs(model, b["ids"][mb], b["mask"][mb], ids.shape[1], 0.7)
-        cut = L.minibatch_logprobs(model, b, mb, 0.7)
-    assert cut.shape == full.shape and (cut[:, 3:] == 0).all()
-    torch.testing.assert_close(cut * rmask[mb], full * rmask[mb], atol=1e-5, rtol=0)
-    assert (mask[mb].sum(0) == 0).sum() > 0  # the test does cut prompt columns
+             rmask=rmask, n_prompt=ids.shape[1], shared=L.shared_prefix(ids, mask))
+    assert tok.decode(b["shared"]) == "<|im_start|>user\n"  # the tiny template has no system prompt
+    assert (mask[[0, 2]].sum(0) == 0).sum() > 0  # the test does cut prompt columns
+
+    def values_and_grads(fn, mb):
+        model.zero_grad()
+        logp = fn(mb)
+        (logp * rmask[mb]).sum().backward()
+        return logp.detach(), [p.grad.clone() for p in model.parameters()]
+
+    for mb in (torch.tensor([2, 0]), torch.arange(3)):
+        full, full_grads = values_and_grads(
+            lambda mb: L.response_logprobs(model, b["ids"][mb], b["mask"][mb], ids.shape[1], 0.7), mb)
+        cut, cut_grads = values_and_grads(lambda mb: L.minibatch_logprobs(model, b, mb, 0.7), mb)
+        assert cut.shape == full.shape and (len(mb) == 3 or (cut[:, 3:] == 0).all())
+        torch.testing.assert_close(cut * rmask[mb], full * rmask[mb], atol=1e-5, rtol=0)
+        for g, h in zip(cut_grads, full_grads):
+            torch.testing.assert_close(g, h, atol=1e-5, rtol=1e-4)
+    # negative control: without the shared tokens' keys the rows would read another context
+    b["shared"] = b["shared"][:0]
+    b["mask"] = b["mask"] * (torch.arange(b["ids"].shape[1]) >= ids.shape[1] - mask.sum(1, keepdim=True) + 6)
+    wrong, _ = values_and_grads(lambda mb: L.minibatch_logprobs(model, b, mb, 0.7), torch.arange(3))
+    assert ((wrong - full).abs() * rmask).max() > 1e-4
 
 
 def test_response_mask_ends_at_first_end_token():
@@ -280,7 +307,8 @@ def test_generation_stops_on_any_end_id():
 
 def test_logprobs_are_those_of_the_sampling_distribution():
     """generate's log-probs (the PPO ratio's denominator) = log softmax(logits / T) of what it sampled from
-    (top_k/top_p off) = the update's recomputation by response_logprobs; the entropy is that distribution's."""
+    (top_k/top_p off) = the update's recomputation by response_logprobs; the entropy is that
+    distribution's."""
     model, tok, prompts = tiny_batch(["What is 1 + 2?", "Hi"])
     cfg = L.Config(max_new_tokens=5, temperature=0.7)
     ids, mask = L.left_pad(prompts, tok.pad_token_id, CPU)
@@ -629,6 +657,13 @@ def test_embedded_smollm2_answers_and_round_trips(tmp_path):
     with torch.no_grad():
         again = L.response_logprobs(model, ids, mask, s["prompt_ids"].shape[1], cfg.temperature)
     torch.testing.assert_close(again * s["rmask"], s["logp"] * s["rmask"], atol=1e-4, rtol=0)
+    # and so is the update's, which runs the shared system prompt once
+    b = dict(s, ids=ids, mask=mask, n_prompt=ids.shape[1] - s["resp"].shape[1],
+             shared=L.shared_prefix(s["prompt_ids"], s["prompt_mask"]))
+    assert tok.decode(b["shared"]).startswith("<|im_start|>system\nYou are a helpful")
+    with torch.no_grad():
+        cut = L.minibatch_logprobs(model, b, torch.arange(2), cfg.temperature)
+    torch.testing.assert_close(cut * s["rmask"], s["logp"] * s["rmask"], atol=1e-4, rtol=0)
     L.save_model(model, tok, str(tmp_path / "s"))
     back = AutoModelForCausalLM.from_pretrained(str(tmp_path / "s"))
     x = torch.tensor(prompts)
