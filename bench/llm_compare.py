@@ -42,6 +42,7 @@ Writes RESULTS/llm_compare.{json,md}, llm_accuracy.png and llm_tail_effect.png (
 --sweep writes RESULTS/llm_sweep.{json,md}. RESULTS is bench/results, or OUT/results with --quick.
 """
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -102,8 +103,6 @@ def write_data(seeds, n_train, out):
 def launch(job, size, out_root):
     """One llm_train.py run in its own process (so its peak RSS is its own); returns its parsed logs."""
     out = os.path.join(out_root, job["name"])
-    shutil.rmtree(out, ignore_errors=True)  # llm_train refuses to write over an earlier run: start clean
-    os.makedirs(out)
     per_prompt = size["group_size"] if job["algo"] == "grpo" else 1
     cmd = [sys.executable, "llm_train.py", "--model", size["model"], "--algo", job["algo"],
            "--batch-size", str(size["samples"] // per_prompt), "--group-size", str(size["group_size"]),
@@ -115,13 +114,22 @@ def launch(job, size, out_root):
            "--out", out]
     cmd += ["--critic-lr", str(job["critic_lr"])] if job["critic_lr"] else []
     cmd += ["--dump-values"] if job["dump"] else []
-    print(f"[{time.strftime('%H:%M:%S')}] {job['name']}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    with open(os.path.join(out, "log.txt"), "w") as log:
-        p = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if p.returncode != 0:
-        tail = open(os.path.join(out, "log.txt")).read()[-2000:]
-        sys.exit(f"{job['name']} failed (exit {p.returncode}); end of {out}/log.txt:\n{tail}")
+    if finished(out, cmd):  # an interrupted benchmark, started again, keeps the runs it completed
+        print(f"{job['name']}: done earlier, read from {out}", file=sys.stderr, flush=True)
+    else:
+        shutil.rmtree(out, ignore_errors=True)  # llm_train refuses to write over an earlier run: start clean
+        os.makedirs(out)
+        print(f"[{time.strftime('%H:%M:%S')}] {job['name']}: {' '.join(cmd[1:])}", file=sys.stderr,
+              flush=True)
+        with open(os.path.join(out, "log.txt"), "w") as log:
+            p = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if p.returncode != 0:
+            tail = open(os.path.join(out, "log.txt")).read()[-2000:]
+            sys.exit(f"{job['name']} failed (exit {p.returncode}); end of {out}/log.txt:\n{tail}")
+        for name in os.listdir(out):  # ~2 GB each, never read here: 18 runs would fill a disk
+            if name.startswith("checkpoint-"):
+                shutil.rmtree(os.path.join(out, name))
     summary = json.load(open(os.path.join(out, "summary.json")))
     metrics = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     path = os.path.join(out, "values.jsonl")
@@ -136,6 +144,17 @@ def launch(job, size, out_root):
                 stopped_by_time_budget=summary["stopped_by_time_budget"],
                 generated_tokens=summary["generated_tokens"], peak_memory_bytes=summary["peak_memory_bytes"],
                 wall_seconds=summary["wall_seconds"], values=values)
+
+
+def finished(out, cmd):
+    """True if out holds a completed run (summary.json) with exactly the settings cmd asks for."""
+    try:
+        with open(os.path.join(out, "config.json")) as f:
+            saved = json.load(f)
+        return os.path.exists(os.path.join(out, "summary.json")) and saved == dataclasses.asdict(
+            llm_train.parse_config(cmd[2:]))
+    except (OSError, ValueError):
+        return False
 
 
 def run_all(jobs, size, out, n_jobs):

@@ -58,3 +58,23 @@ def test_llm_compare_quick(tmp_path):
     if "matplotlib is not installed" not in out.stderr:
         for png in ["llm_accuracy.png", "llm_tail_effect.png"]:
             assert (results / png).stat().st_size > 0, png
+    # no run keeps its checkpoints (~2 GB each for SmolLM2); started again, the benchmark reads the runs it
+    # completed instead of repeating them, and a run asked for with other settings is run again
+    assert not [p for p in tmp_path.glob("*/checkpoint-*")]
+    first = json.load(open(results / "llm_compare.json"))
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stderr.count("done earlier") == 8, again.stderr[-3000:]
+    assert json.load(open(results / "llm_compare.json"))["algos"] == first["algos"]
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import llm_compare
+    run = tmp_path / "sppo_s1"
+    saved = json.load(open(run / "config.json"))
+    flags = ["--model", "tiny", "--algo", "sppo", "--batch-size", "16", "--group-size", "8",
+             "--minibatches", "2", "--ppo-epochs", "1", "--steps", "1000", "--time-budget", "3",
+             "--eval-every-seconds", "0.25", "--data", saved["data"], "--eval-data", saved["eval_data"],
+             "--eval-size", "16", "--max-new-tokens", "8", "--critic-layers", "1", "--lr", "6e-05",
+             "--seed", "1", "--threads", "1", "--samples-every", "0", "--out", str(run), "--critic-lr",
+             "0.0003", "--dump-values"]
+    assert llm_compare.finished(str(run), ["python", "llm_train.py"] + flags)
+    other = flags[:flags.index("--lr") + 1] + ["1e-4"] + flags[flags.index("--lr") + 2:]
+    assert not llm_compare.finished(str(run), ["python", "llm_train.py"] + other)
