@@ -927,17 +927,22 @@ def save_checkpoint(run):
     final = os.path.join(cfg.out, f"checkpoint-{step:06d}")
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(run.policy, run.tok, os.path.join(tmp, "policy"))
-    if run.critic is not None:
-        from safetensors.torch import save_file
-        save_model(run.critic.backbone, run.critic_tok, os.path.join(tmp, "critic"))
-        save_file({k: v.contiguous() for k, v in run.critic.head.state_dict().items()},
-                  os.path.join(tmp, "critic", "value_head.safetensors"))
-    optim = {k: getattr(run, k) for k in ("actor_opt", "critic_opt", "actor_sched", "critic_sched")}
-    torch.save({**{k: o.state_dict() if o else None for k, o in optim.items()}, "state": run.state,
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-               os.path.join(tmp, "trainer_state.pt"))
+    try:
+        save_model(run.policy, run.tok, os.path.join(tmp, "policy"))
+        if run.critic is not None:
+            from safetensors.torch import save_file
+            save_model(run.critic.backbone, run.critic_tok, os.path.join(tmp, "critic"))
+            save_file({k: v.contiguous() for k, v in run.critic.head.state_dict().items()},
+                      os.path.join(tmp, "critic", "value_head.safetensors"))
+        optim = {k: getattr(run, k) for k in ("actor_opt", "critic_opt", "actor_sched", "critic_sched")}
+        torch.save({**{k: o.state_dict() if o else None for k, o in optim.items()}, "state": run.state,
+                    "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                   os.path.join(tmp, "trainer_state.pt"))
+    except (OSError, RuntimeError) as e:  # a full disk: torch.save raises RuntimeError, the rest OSError
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"; {run.cfg.out}/latest still points to step {run.saved_step}" if run.saved_step else ""
+        stop(run, f"cannot write the checkpoint of step {step} ({first_line(e)}){kept}", save=False)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     write_atomic(os.path.join(cfg.out, "latest"), os.path.basename(final))

@@ -622,6 +622,26 @@ def test_bad_reward_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
     assert latest(tmp_path / "r") == before and os.path.isfile(os.path.join(before, "trainer_state.pt"))
 
 
+def test_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    """A checkpoint that cannot be written (torch.save's error on a full disk) ends the run with one line;
+    the half-written folder is removed and latest still points to the previous checkpoint."""
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    real_save, calls = torch.save, []
+
+    def full_disk(obj, path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1076307520")
+        return real_save(obj, path, *a, **k)
+    monkeypatch.setattr(L.torch, "save", full_disk)
+    bad([*TINY, "--out", str(tmp_path / "r"), "--steps", "2", "--save-every", "1"], capsys,
+        "cannot write the checkpoint of step 2 ([enforce fail at inline_container.cc:672] . unexpected pos "
+        f"1076307520); {tmp_path / 'r'}/latest still points to step 1", whole=False)
+    assert latest(tmp_path / "r").endswith("checkpoint-000001")
+    assert sorted(os.listdir(tmp_path / "r")) == ["checkpoint-000001", "config.json", "latest",
+                                                  "metrics.jsonl"]
+
+
 def test_command_line_exit_status():
     """The real process: exit status 2 and one line on stderr, no traceback."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
