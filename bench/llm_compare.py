@@ -114,7 +114,8 @@ def launch(job, size, out_root):
            "--out", out]
     cmd += ["--critic-lr", str(job["critic_lr"])] if job["critic_lr"] else []
     cmd += ["--dump-values"] if job["dump"] else []
-    if finished(out, cmd):  # an interrupted benchmark, started again, keeps the runs it completed
+    reused = finished(out, cmd)
+    if reused:  # an interrupted benchmark, started again, keeps the runs it completed
         print(f"{job['name']}: done earlier, read from {out}", file=sys.stderr, flush=True)
     else:
         shutil.rmtree(out, ignore_errors=True)  # llm_train refuses to write over an earlier run: start clean
@@ -143,7 +144,7 @@ def launch(job, size, out_root):
                 seconds_per_step=summary["train_seconds"] / summary["steps"],
                 stopped_by_time_budget=summary["stopped_by_time_budget"],
                 generated_tokens=summary["generated_tokens"], peak_memory_bytes=summary["peak_memory_bytes"],
-                wall_seconds=summary["wall_seconds"], values=values)
+                wall_seconds=summary["wall_seconds"], values=values, reused=reused)
 
 
 def finished(out, cmd):
@@ -155,6 +156,19 @@ def finished(out, cmd):
             llm_train.parse_config(cmd[2:]))
     except (OSError, ValueError):
         return False
+
+
+def timing(runs):
+    """Wall time of this invocation and of the runs themselves (some may come from an earlier invocation)."""
+    return dict(wall_seconds=time.time() - START, runs_wall_seconds=sum(r["wall_seconds"] for r in runs),
+                runs_read_from_earlier_invocation=sum(r["reused"] for r in runs))
+
+
+def timing_text(s, n_jobs):
+    reused = s["runs_read_from_earlier_invocation"]
+    return (f"{s['wall_seconds'] / 60:.0f} min in all" + (f" ({reused} runs read from an earlier invocation; "
+            f"the runs' own wall time / {n_jobs} side by side: {s['runs_wall_seconds'] / n_jobs / 60:.0f} min)"
+            if reused else ""))
 
 
 def run_all(jobs, size, out, n_jobs):
@@ -299,12 +313,12 @@ def sweep(size, paths, out, results_dir, n_jobs, machine, quick):
     settings = {k: size[k] for k in ("model", "samples", "minibatches", "max_new_tokens", "critic_layers")}
     settings.update(budget_train_seconds=size["sweep_budget"], seeds=size["sweep_seeds"], machine=machine,
                     eval_data="data/val.jsonl: 256 validation problems, never the test set", quick=quick,
-                    date=time.strftime("%Y-%m-%d"), wall_seconds=time.time() - START)
+                    date=time.strftime("%Y-%m-%d"), jobs=n_jobs, **timing(runs))
     with open(os.path.join(results_dir, "llm_sweep.json"), "w") as f:
         json.dump(dict(settings=settings, rows=rows, chosen=chosen), f, indent=1)
     lines = [f"lr sweep, model `{size['model']}`, {size['sweep_budget']} training seconds per run, greedy "
              f"accuracy on {size['eval_size']} validation problems (never the test set). {machine}, "
-             f"{settings['date']}, {settings['wall_seconds'] / 60:.0f} min in all.", "",
+             f"{settings['date']}, {timing_text(settings, n_jobs)}.", "",
              "| algo | lr | critic lr | validation accuracy per seed | mean | chosen |", "|---" * 6 + "|"]
     lines += [f"| {r['algo']} | {r['lr']:g} | {fmt(r['critic_lr'], 'g')} | "
               f"{', '.join(f'{a:.3f}' for a in r['val_accuracy'])} | {r['mean']:.3f} | "
@@ -400,8 +414,8 @@ def compare(size, paths, out, results_dir, n_jobs, machine, quick):
         eval_every_train_seconds=size["eval_every_seconds"], eval_problems=size["eval_size"],
         eval_data="data/test.jsonl: arithmetic(levels, 256, 0, 'test'), the same for every seed and run",
         seeds=size["seeds"], lrs={k: dict(lr=a["lr"], critic_lr=a["critic_lr"]) for k, a in algos.items()},
-        lr_source=lr_source, machine=machine, date=time.strftime("%Y-%m-%d"), quick=quick,
-        wall_seconds=time.time() - START,
+        lr_source=lr_source, machine=machine, date=time.strftime("%Y-%m-%d"), quick=quick, jobs=n_jobs,
+        **timing(results),
         train_seconds="each step's " + " + ".join(llm_train.TIME_KEYS) + "; loading and evaluation excluded",
         band="lowest to highest seed at each grid point (each seed linear between its evaluations)",
         ci95=f"percentile bootstrap over seeds, {RESAMPLES} resamples, numpy default_rng(0)")
@@ -428,7 +442,7 @@ def report(res):
              f"optimiser step; {s['budget_train_seconds']} training seconds per run ({s['train_seconds']}); "
              f"seeds {', '.join(map(str, s['seeds']))}; greedy accuracy on the same {s['eval_problems']} "
              f"held-out problems; lrs from {s['lr_source']}. {s['machine']}, {s['date']}, "
-             f"{s['wall_seconds'] / 60:.0f} min in all.", "",
+             f"{timing_text(s, s['jobs'])}.", "",
              "| run | lr (critic) | steps | s/step | training s | final accuracy, mean [95% CI] | per seed "
              "| mean-curve peak (at s) | s to GRPO's peak | generated tokens | peak memory |",
              "|---" * 11 + "|"]

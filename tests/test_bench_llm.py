@@ -64,7 +64,13 @@ def test_llm_compare_quick(tmp_path):
     first = json.load(open(results / "llm_compare.json"))
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stderr.count("done earlier") == 8, again.stderr[-3000:]
-    assert json.load(open(results / "llm_compare.json"))["algos"] == first["algos"]
+    second = json.load(open(results / "llm_compare.json"))
+    for name in RUNS:
+        for key in ("curve_mean", "final_accuracy", "seconds_per_step"):
+            assert second["algos"][name][key] == first["algos"][name][key], (name, key)
+    assert first["settings"]["runs_read_from_earlier_invocation"] == 0
+    assert second["settings"]["runs_read_from_earlier_invocation"] == 8
+    assert "8 runs read from an earlier invocation" in (results / "llm_compare.md").read_text()
     sys.path.insert(0, os.path.join(ROOT, "bench"))
     import llm_compare
     run = tmp_path / "sppo_s1"
