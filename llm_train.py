@@ -605,8 +605,8 @@ def response_logprobs(model, ids, mask, n_prompt, temperature):
 
 
 def shared_prefix(prompt_ids, prompt_mask):
-    """The tokens every prompt of the batch starts with, [S] (the chat template's system prompt and more:
-    27 of ~50 tokens for SmolLM2 on the built-in task), at most the shortest prompt's length - 1, so each
+    """The tokens every prompt of the batch starts with, [S] (the chat template's system prompt and more,
+    for SmolLM2 on the built-in task about half the prompt), at most the shortest prompt's length - 1, so each
     row keeps a prompt token to predict its first response token from."""
     lengths = prompt_mask.sum(1)
     first = prompt_ids.shape[1] - lengths  # left padding: the column each prompt starts at
