@@ -32,6 +32,17 @@ def test_cartpole_sppo_improves_within_budget(tmp_path):
     assert summary["mean_return"] > 100  # a random policy balances ~22 steps
 
 
+def test_anneal_lr_lowers_both_lrs_linearly_with_the_env_steps(tmp_path):
+    control.main(["--total-steps", "3000", "--num-envs", "8", "--episodes", "16", "--eval-episodes", "2",
+                  "--anneal-lr", "1", "--lr", "0.002", "--critic-lr", "0.001", "--out", str(tmp_path)])
+    steps = [0] + [int(r["env_steps"]) for r in rows(tmp_path)]
+    ckpt = torch.load(tmp_path / "policy.pt", weights_only=True)
+    left = 1 - steps[-2] / 3000  # the last update ran with the lr set from the env steps before it
+    assert len(steps) > 3 and 0 < left < 1
+    assert ckpt["actor_opt"]["param_groups"][0]["lr"] == pytest.approx(0.002 * left, rel=1e-12)
+    assert ckpt["critic_opt"]["param_groups"][0]["lr"] == pytest.approx(0.001 * left, rel=1e-12)
+
+
 @pytest.mark.parametrize("algo", ["sppo", "ppo", "grpo"])
 @pytest.mark.parametrize("env", list(control.ENVS))
 def test_one_update_each_algo_each_env(tmp_path, env, algo):
@@ -158,7 +169,8 @@ def run_control(args, cwd, **kwargs):
     (["--eval", "nokeys"], f"{NOT_OURS} nokeys/policy.pt (no config, actor_opt, critic_opt, env_steps in it"),
     (["--eval", "run", "--env", "LunarLander-v3"], "--env LunarLander-v3 contradicts the run in run (env C"),
     (["--eval", "run", "--algo", "ppo"], "--algo ppo contradicts the run in run (algo sppo)"),
-    (["--eval", "run", "--hidden", "32"], "--hidden 32 contradicts the run in run (hidden 64)"),
+    (["--eval", "run", "--hidden", "16"], "--hidden 16 contradicts the run in run (hidden 32)"),
+    (["--anneal-lr", "maybe"], "argument --anneal-lr: expected 1 or 0 (true/false, on/off), got 'maybe'"),
     (["--resume", "run", "--env", "Pendulum-v1"], "--env Pendulum-v1 contradicts the run in run (env Cart"),
     (["--eval", "run", "--overwrite"], "--eval writes nothing"),
 ])
