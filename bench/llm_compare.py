@@ -2,7 +2,7 @@
 the small critic against the full one; the tail effect.
 
     python bench/llm_compare.py --sweep --jobs 2   # 1. lr per algorithm on the validation split (~95 min)
-    python bench/llm_compare.py --jobs 2           # 2. the comparison, with the sweep's lrs (~100 min)
+    python bench/llm_compare.py --jobs 2           # 2. the comparison, with the sweep's lrs (~2 h)
     python bench/llm_compare.py --quick [--sweep]  # random tiny model, offline, 1-3 min: a smoke test
 
 Every run is `python llm_train.py ...` in its own process (OMP_NUM_THREADS=1, --threads 1; --jobs 2 runs two
@@ -26,17 +26,9 @@ side by side), in OUT/<run>/ with its log in log.txt. The same for all runs:
             accuracy at the end. The best mean per algorithm goes to RESULTS/llm_sweep.json, which the
             comparison reads (else LRS below, llm_train's defaults); sppo_full_critic takes sppo's.
 
-Duration, estimated (not measured) from the earlier run of this script (commit 064feb4, --jobs 2, one thread
-each, on this 2-core machine: GRPO at 64 samples/step took 121 s a step; wall minus training seconds of the
-runs gave ~40 s to load SmolLM2 and ~40 s per greedy evaluation of 128 problems). A comparison run: 40 s
-loading + 5 evaluations x 80 s + 480 s + on average half a step (~60 s) past the budget = ~990 s; 12 runs on
-2 workers = 6 rounds = ~99 min (106 min if every run overshoots by a whole step). The sweep: 18 runs x
-(40 + 2 x 80 + 360 + 60 s) / 2 = ~93 min. Smoke check (one sppo step at 64 samples, 4 minibatches, alone,
-while other engineers' runs held the load average at ~6.6): 223 training seconds (generate 43, old log-probs
-and values 42, critic 15, policy 123), 136 s loading and two evaluations of 64 problems, peak RSS 6.8 GB (two
-runs side by side fit in 24 GB). On a CPU that busy a run makes 3 steps in the budget (4 evaluation points,
-not 5) and evaluations take twice as long: ~6 x (40 + 4 x 160 + 480 + 110) = ~127 min. Run it when the load
-average is about 2 or less.
+Duration, measured on this 2-core machine (2026-11-26, --jobs 2, one thread a run): the sweep's runs 92 min,
+the comparison 116 min (a run: ~40 s loading, 5-7 evaluations of 256 problems, 480 training seconds plus the
+step that passes them; 5-7 steps). Time-budgeted runs lose steps to anything else on the CPU: run it alone.
 
 Writes RESULTS/llm_compare.{json,md}, llm_accuracy.png and llm_tail_effect.png (plots need matplotlib);
 --sweep writes RESULTS/llm_sweep.{json,md}. RESULTS is bench/results, or OUT/results with --quick.
@@ -167,7 +159,8 @@ def timing(runs):
 def timing_text(s, n_jobs):
     reused = s["runs_read_from_earlier_invocation"]
     return (f"{s['wall_seconds'] / 60:.0f} min in all" + (f" ({reused} runs read from an earlier invocation; "
-            f"the runs' own wall time / {n_jobs} side by side: {s['runs_wall_seconds'] / n_jobs / 60:.0f} min)"
+            f"the runs' own wall time / {n_jobs} side by side: "
+            f"{s['runs_wall_seconds'] / n_jobs / 60:.0f} min)"
             if reused else ""))
 
 
@@ -332,7 +325,8 @@ def chosen_lrs(results_dir, model):
     if os.path.exists(path):
         swept = json.load(open(path))
         if swept["settings"]["model"] == model:
-            return {**LRS, **{a: (c["lr"], c["critic_lr"]) for a, c in swept["chosen"].items()}}, path
+            chosen = {a: (c["lr"], c["critic_lr"]) for a, c in swept["chosen"].items()}
+            return {**LRS, **chosen}, os.path.relpath(path, ROOT)
     return LRS, "defaults (LRS in bench/llm_compare.py; no llm_sweep.json for this model)"
 
 
