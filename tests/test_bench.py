@@ -44,6 +44,8 @@ def test_control_suite_quick(tmp_path):
         assert r["ci95"][0] <= r["success_rate_mean"] <= r["ci95"][1], algo
         assert r["seeds"] == [101] and r["env_steps"] == 60_000 and len(r["success_rates"]) == 1, algo
         assert 0 <= r["reached_target"] <= 1 and r["wall_seconds_mean"] > 0, algo
+        assert len(r["steps_per_second"]) == 1 and r["steps_per_second"][0] > 0, algo
+        assert 0 < r["train_seconds"][0] <= r["wall_seconds_mean"], algo
     assert set(cartpole["verdicts"]) == {"grpo", "ppo"}
     for v in cartpole["verdicts"].values():
         assert v["verdict"] in control_suite.VERDICTS and v["ci95"][0] <= v["difference"] <= v["ci95"][1]
