@@ -73,7 +73,8 @@ def run(env, algo, seed, out, flags=(), eval_episodes=100):
     return dict(env=env, algo=algo, seed=seed, success_rate=summary["success_rate"],
                 mean_return=summary["mean_return"], env_steps=summary["env_steps"],
                 wall_seconds=summary["wall_seconds"], steps_per_second=summary["steps_per_second"],
-                train_seconds=summary["train_seconds"], steps_to_target=hit[0] if hit else None, seconds_to_target=hit[1] if hit else None,
+                train_seconds=summary["train_seconds"],
+                steps_to_target=hit[0] if hit else None, seconds_to_target=hit[1] if hit else None,
                 config=summary["config"], curve=curve)
 
 
@@ -135,8 +136,8 @@ def summarise(rs, budget):
                 wall_seconds_mean=mean([r["wall_seconds"] for r in rs]),
                 # per seed (None for runs kept from a call before these were recorded): the training time,
                 # final evaluation excluded, and the training loop's env steps per second
-                train_seconds=[r.get("train_seconds") for r in rs], steps_per_second=[r.get("steps_per_second")
-                                                                                         for r in rs])
+                train_seconds=[r.get("train_seconds") for r in rs],
+                steps_per_second=[r.get("steps_per_second") for r in rs])
 
 
 def plot(env, runs, path):
