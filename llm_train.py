@@ -52,12 +52,13 @@ class Config:
     critic_layers: int = 6  # keep only the first K transformer layers of the critic (0 = all): a small critic
     algo: str = "sppo"  # sppo | grpo | ppo
     group_size: int = 8  # grpo: samples per prompt
-    steps: int = 10  # training steps (one batch of prompts each)
+    steps: int = 6  # training steps (one batch of prompts each)
     batch_size: int = 64  # prompts per step (grpo samples group_size responses for each); 32 was unstable
     minibatches: int = 2  # minibatches per PPO epoch (one optimiser step each; paper: 256 prompts / 128)
+    micro_batch: int = 16  # rows per forward pass of the update, grouped by length: less padding, same loss
     ppo_epochs: int = 1  # passes over each batch
     lr: float = 3e-5  # actor learning rate (paper: 1e-6 at 256 prompts/step on GPUs; higher for a CPU run)
-    critic_lr: float = 1e-4  # critic learning rate (paper: 5e-6)
+    critic_lr: float = 3e-4  # critic learning rate (paper: 5e-6); high: the solve rate it tracks moves fast
     weight_decay: float = 0.01  # AdamW weight decay, actor and critic
     warmup_steps: int = 0  # linear warmup, then a constant learning rate
     clip_eps: float = 0.2  # PPO clip range
@@ -82,7 +83,7 @@ class Config:
     eval_every: int = 0  # also evaluate every N steps (0 = only before and after)
     eval_every_seconds: float = 0.0  # also evaluate when training seconds pass a multiple of this (0 = off)
     time_budget: float = 0.0  # stop training once this many training seconds have passed (0 = off)
-    eval_batch_size: int = 64  # prompts per greedy generation batch
+    eval_batch_size: int = 256  # prompts per greedy generation batch
     save_every: int = 0  # also checkpoint every N steps (0 = only at the end and on Ctrl-C)
     samples_every: int = 4  # log a few sample completions every N steps (0 = never)
     dump_values: bool = False  # sppo/ppo: write OUT/values.jsonl, each step's critic values and rewards
@@ -680,6 +681,15 @@ def minibatch_logprobs(model, b, mb, temperature):
     return F.pad(logp, (0, b["resp"].shape[1] - logp.shape[1]))
 
 
+def update_logprobs(model, b, mb, temperature, micro_batch):
+    """minibatch_logprobs of rows mb, micro_batch rows at a time, rows of similar response length together,
+    so each pass pads to less. One autograd graph spans the passes: the minibatch's loss and gradient are
+    the same as in one pass (tested); on the default run the update is ~30% faster."""
+    order = b["rmask"][mb].sum(1).argsort(stable=True)
+    parts = [minibatch_logprobs(model, b, mb[rows], temperature) for rows in order.split(micro_batch)]
+    return torch.cat(parts)[order.argsort()]
+
+
 # ---------------------------------------------------------------------------------------- evaluation
 def evaluate(policy, tok, prompts, rows, eos_ids, cfg, device, reward):
     """Greedy accuracy on the held-out problems: the share of responses with reward 1."""
@@ -862,7 +872,7 @@ def update_policy(run, b, m):
     with timed(m, "time_policy"):
         for epoch in range(cfg.ppo_epochs):
             for i, mb in enumerate(sppo.minibatches(len(b["picks"]), cfg.minibatches)):
-                logp = minibatch_logprobs(run.policy, b, mb, cfg.temperature)
+                logp = update_logprobs(run.policy, b, mb, cfg.temperature, cfg.micro_batch)
                 # before the first optimiser step the policy IS the sampling policy: ratio exactly 1; later
                 # minibatches divide by the log-probs generate sampled with (equal to a recomputation, tested)
                 old = logp.detach() if epoch == i == 0 else b["old_logp"][mb]
@@ -1118,7 +1128,7 @@ def check_config(cfg):
     for f in dataclasses.fields(Config):
         if f.type is float and not math.isfinite(getattr(cfg, f.name)):
             fail(f"--{f.name.replace('_', '-')} must be a finite number, got {getattr(cfg, f.name)}")
-    at_least = dict(steps=1, batch_size=1, minibatches=1, ppo_epochs=1, max_new_tokens=1,
+    at_least = dict(steps=1, batch_size=1, minibatches=1, micro_batch=1, ppo_epochs=1, max_new_tokens=1,
                     max_prompt_tokens=1, eval_size=1, eval_batch_size=1, eval_every=0, save_every=0,
                     samples_every=0, critic_layers=0, threads=0, seed=0, warmup_steps=0, lr=0, critic_lr=0,
                     weight_decay=0, gamma=0, lam=0, time_budget=0, eval_every_seconds=0)

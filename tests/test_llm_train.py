@@ -266,6 +266,12 @@ def test_minibatch_logprobs_equal_the_full_batch_values_and_gradients():
         torch.testing.assert_close(cut * rmask[mb], full * rmask[mb], atol=1e-5, rtol=0)
         for g, h in zip(cut_grads, full_grads):
             torch.testing.assert_close(g, h, atol=1e-5, rtol=1e-4)
+        # in micro-batches of 1 and 2 rows grouped by length: the same values and gradient again
+        for micro in (1, 2):
+            parts, part_grads = values_and_grads(lambda mb: L.update_logprobs(model, b, mb, 0.7, micro), mb)
+            torch.testing.assert_close(parts * rmask[mb], full * rmask[mb], atol=1e-5, rtol=0)
+            for g, h in zip(part_grads, full_grads):
+                torch.testing.assert_close(g, h, atol=1e-5, rtol=1e-4)
     # negative control: without the shared tokens' keys the rows would read another context
     b["shared"] = b["shared"][:0]
     b["mask"] = b["mask"] * (torch.arange(b["ids"].shape[1]) >= ids.shape[1] - mask.sum(1, keepdim=True) + 6)
