@@ -24,7 +24,7 @@ side by side), in OUT/<run>/ with its log in log.txt. The same for all runs:
   sweep     (actor lr, critic lr) for sppo and ppo: (1e-5, 3e-5), (3e-5, 1e-4), (6e-5, 3e-4); grpo's actor lr
             1e-5, 3e-5, 6e-5. Seeds 11 and 12 (not the comparison's), 360 training seconds, validation
             accuracy at the end. The best mean per algorithm goes to RESULTS/llm_sweep.json, which the
-            comparison reads (else LRS below, llm_train's defaults); sppo_full_critic takes sppo's.
+            comparison reads (else LRS below, the sweep's middle pair); sppo_full_critic takes sppo's.
 
 Duration, measured on this 2-core machine (2026-11-26, --jobs 2, one thread a run): the sweep's runs 92 min,
 the comparison 116 min (a run: ~40 s loading, 5-7 evaluations of 256 problems, 480 training seconds plus the
@@ -57,8 +57,8 @@ FULL = dict(model="smollm2", samples=64, group_size=8, minibatches=2, max_new_to
 QUICK = dict(model="tiny", samples=16, group_size=8, minibatches=2, max_new_tokens=8, eval_size=16,
              critic_layers=1, budget=3, eval_every_seconds=0.25, seeds=[1, 2], sweep_budget=1,
              sweep_seeds=[11], grid_size=2, train_problems=500)  # tiny: 2 layers; fewer rows to encode
-LRS = {"sppo": (3e-5, 1e-4), "grpo": (3e-5, None), "ppo": (3e-5, 1e-4)}  # (actor, critic): llm_train defaults
-PAIRS = [(1e-5, 3e-5), (3e-5, 1e-4), (6e-5, 3e-4)]  # critic lr ~3x actor lr, as in llm_train's defaults
+LRS = {"sppo": (3e-5, 1e-4), "grpo": (3e-5, None), "ppo": (3e-5, 1e-4)}  # (actor, critic) without a sweep
+PAIRS = [(1e-5, 3e-5), (3e-5, 1e-4), (6e-5, 3e-4)]  # critic lr ~3x actor lr
 GRID = {"sppo": PAIRS, "grpo": [(lr, None) for lr, _ in PAIRS], "ppo": PAIRS}
 RUNS = {"sppo": "sppo", "grpo": "grpo", "ppo": "ppo", "sppo_full_critic": "sppo"}  # run name: algorithm
 COLORS = {"sppo": "C0", "grpo": "C2", "ppo": "C1", "sppo_full_critic": "C4"}
