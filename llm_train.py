@@ -425,8 +425,9 @@ def check_hub(name, flag):
 
 
 def gguf_cache(path):
-    """Where a .gguf file's float32 conversion is kept: transformers reads the embedded model's GGUF in ~30 s,
-    its conversion in ~1 s. Keyed by file name, size and time; SPPO_CACHE moves it (default ~/.cache/sppo)."""
+    """Where a .gguf file's float32 conversion is kept: transformers reads a GGUF slowly (it parses the file
+    twice), the conversion fast. Keyed by file name, size and time; SPPO_CACHE moves it (default
+    ~/.cache/sppo)."""
     root = os.environ.get("SPPO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sppo")
     st = os.stat(path)
     return os.path.join(root, f"{os.path.basename(path)}-{st.st_size}-{int(st.st_mtime)}")
