@@ -154,9 +154,12 @@ def make_envs(env_id, n):
 def start_episodes(envs, which, seeds, obs=None):
     """(Re)start the sub-envs where `which` is True; the k-th of them starts from env.reset(seed=seeds[k]).
 
-    That first observation is the episode's prompt. Returns the observations of all sub-envs and the reset
-    info (a dict of arrays; the entries of sub-envs not restarted are masked out by its "_key" arrays).
+    That first observation is the episode's prompt. Returns the observations of all sub-envs (obs, or zeros on
+    the first start, with the restarted rows replaced) and the restarted sub-envs' body x positions (nan where
+    the env reports none; Hopper's observation leaves x out).
     """
+    n = envs.num_envs
+    x = np.full(n, np.nan)
     if isinstance(envs.unwrapped, CartPoleVectorEnv):
         # The batched CartPole resets from one shared RNG and has no partial reset: write into each
         # chosen sub-env the start state that CartPole-v1.reset(seed=s) gives, and zero its step count.
@@ -165,12 +168,35 @@ def start_episodes(envs, which, seeds, obs=None):
             envs.reset()
         start = np.stack([CARTPOLE.reset(seed=int(s))[0] for s in seeds])
         cp.state[:, which], cp.steps[which], cp.prev_done[which] = start.T, 0, False
-        return cp.state.T.astype(np.float32), {}
-    per_env = iter(seeds)
-    per_sub_env = [int(next(per_env)) if w else None for w in which]
-    if obs is None:  # first start: every sub-env; those without an episode (fewer seeds) are never counted
-        return envs.reset(seed=per_sub_env)
-    return envs.reset(seed=per_sub_env, options={"reset_mask": which})
+        return cp.state.T.astype(np.float32), x
+    # the other envs: gymnasium's sync vector env holds the sub-envs; each is reset (and stepped, step_busy)
+    # on its own, as SyncVectorEnv.reset(options={"reset_mask": which}) would, without its bookkeeping
+    space = envs.single_observation_space
+    obs = np.zeros((n, *space.shape), space.dtype) if obs is None else obs.copy()
+    for i, s in zip(np.flatnonzero(which), seeds):
+        obs[i], info = envs.envs[i].reset(seed=int(s))
+        x[i] = info.get("x_position", np.nan)
+    return obs, x
+
+
+def step_busy(envs, action, on, obs):
+    """Step the sub-envs where `on` is True with their actions; the others neither step nor change.
+
+    Returns the observations of all sub-envs, and reward, terminated, truncated and the body's x position
+    (nan where the env reports none) of the stepped ones. gymnasium's vector step steps every sub-env: near
+    a batch's end most have no episode left, and on LunarLander and Hopper, whose episodes last from ~50 to
+    1000 steps, those idle steps took more env time than the real ones. The numpy-batched CartPole steps all
+    its sub-envs at the cost of one, so it keeps envs.step (its autoreset is undone by start_episodes).
+    """
+    if isinstance(envs.unwrapped, CartPoleVectorEnv):
+        obs, reward, terminated, truncated, _ = envs.step(action)
+        return obs, reward, terminated, truncated, np.full(envs.num_envs, np.nan)
+    n, obs = envs.num_envs, obs.copy()
+    reward, terminated, truncated, x = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), np.full(n, np.nan)
+    for i in np.flatnonzero(on):
+        obs[i], reward[i], terminated[i], truncated[i], info = envs.envs[i].step(action[i])
+        x[i] = info.get("x_position", np.nan)
+    return obs, reward, terminated, truncated, x
 
 
 CARTPOLE = gym.make("CartPole-v1").unwrapped  # computes the seeded start states of the batched CartPole
@@ -182,9 +208,8 @@ def rollout(envs, agent, seeds):
     Returns the steps as tensors [T, n, ...] (episode j in column j, padded, mask 1 on real steps) and
     per-episode stats for the outcome. The env's per-step reward is only summed into ep["ret"] for
     reporting. A batch ends when all its episodes have ended, so long episodes are not under-sampled;
-    sub-envs left without an episode near the end keep stepping, masked out and not counted.
-    The vector env autoresets on the step AFTER an episode ends; we restart a finished sub-env at once
-    (reset_mask) instead, so every step's info belongs to the episode of that sub-env's slot.
+    sub-envs left without an episode near the end wait, unstepped (step_busy). A finished sub-env restarts
+    at once with the next seed (start_episodes), so every step belongs to the episode of that sub-env's slot.
     The loop runs once per env step, so it stays in numpy: the policy too (Agent.sampler), and the steps go
     into preallocated arrays, turned into tensors once at the end.
     """
@@ -197,8 +222,8 @@ def rollout(envs, agent, seeds):
     act = agent.sampler(np.random.default_rng(int(torch.randint(2**62, ()))))  # torch.manual_seed fixes it
     slot = np.full(n_env, -1)  # the episode each sub-env is playing, -1 for none
     slot[:min(n, n_env)] = np.arange(min(n, n_env))
-    obs, info = start_episodes(envs, slot >= 0, seeds[:n_env])
-    record_start(ep, slot[slot >= 0], slot >= 0, obs, info)
+    obs, x = start_episodes(envs, slot >= 0, seeds[:n_env])
+    record_start(ep, slot[slot >= 0], slot >= 0, obs, x)
     next_ep = min(n, n_env)
     while (slot >= 0).any():
         on = slot >= 0
@@ -207,14 +232,13 @@ def rollout(envs, agent, seeds):
         buf["obs"][t, j], buf["actions"][t, j], buf["logp"][t, j] = obs[on], action[on], logp[on]
         if agent.continuous:  # the Gaussian is unbounded; the env gets the action clipped to its box
             action = np.clip(action, space.low, space.high)
-        obs, reward, terminated, truncated, info = envs.step(action)
+        obs, reward, terminated, truncated, x = step_busy(envs, action, on, obs)
         ep["ret"][j] += reward[on]
         ep["length"][j] += 1
         ep["min_x"][j] = np.minimum(ep["min_x"][j], obs[on, 0])
         ep["max_x"][j] = np.maximum(ep["max_x"][j], obs[on, 0])
         ep["terminated"][j] |= terminated[on]
-        if "x_position" in info:  # kept up to date, so after an episode's last step: where it ended
-            ep["x_end"][j] = info["x_position"][on]
+        ep["x_end"][j] = x[on]  # kept up to date, so after an episode's last step: where it ended
         done = on & (terminated | truncated)
         if done.any():
             slot[done] = -1
@@ -222,9 +246,9 @@ def rollout(envs, agent, seeds):
             if len(restart):
                 which = np.zeros(n_env, dtype=bool)
                 which[restart] = True
-                obs, info = start_episodes(envs, which, seeds[next_ep:next_ep + len(restart)], obs)
+                obs, x = start_episodes(envs, which, seeds[next_ep:next_ep + len(restart)], obs)
                 slot[restart] = np.arange(next_ep, next_ep + len(restart))
-                record_start(ep, slot[restart], which, obs, info)
+                record_start(ep, slot[restart], which, obs, x)
                 next_ep += len(restart)
     length = int(ep["length"].max())
     buf["mask"] = (np.arange(length)[:, None] < ep["length"]).astype(np.float32)  # real steps come first
@@ -232,12 +256,11 @@ def rollout(envs, agent, seeds):
     return {k: torch.from_numpy(v[:length]) for k, v in buf.items()}, ep
 
 
-def record_start(ep, j, which, obs, info):
+def record_start(ep, j, which, obs, x):
     """Start stats of episodes j, just started in the sub-envs where `which` is True: the first observation
-    coordinate, and the body's x position where the env reports one (Hopper, whose observation omits it)."""
+    coordinate, and the body's x position (nan for envs that report none)."""
     ep["min_x"][j] = ep["max_x"][j] = obs[which, 0]
-    if "x_position" in info:
-        ep["x_start"][j] = ep["x_end"][j] = info["x_position"][which]
+    ep["x_start"][j] = ep["x_end"][j] = x[which]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def test_grpo_groups_start_from_the_same_prompt():
         assert np.allclose(obs[0], obs[1]) and np.allclose(obs[2], obs[3]) and not np.allclose(obs[0], obs[2])
         single = control.gym.make(env_id).reset(seed=7)[0]
         assert np.allclose(obs[0], single)  # the prompt is exactly env.reset(seed=s)
-        envs.step(envs.action_space.sample())
+        obs = control.step_busy(envs, envs.action_space.sample(), np.ones(4, dtype=bool), obs)[0]
         again, _ = control.start_episodes(envs, np.array([False, False, True, False]), [7], obs)
         assert np.allclose(again[2], single) and not np.allclose(again[0], single)  # a partial restart
 
@@ -464,6 +464,21 @@ class RuleAgent:
 
     def sampler(self, rng):
         return lambda obs: (self.rule(obs), np.zeros(len(obs), np.float32))
+
+
+@pytest.mark.parametrize("env_id", ["LunarLander-v3", "Hopper-v5"])
+def test_rollout_steps_only_sub_envs_with_an_episode(env_id):
+    """Every env.step call is a step of some episode: sub-envs with no episode left wait, unstepped."""
+    envs = control.make_envs(env_id, 3)
+    calls = np.zeros(3, dtype=int)
+    for i, sub in enumerate(envs.envs):
+        def counted(action, i=i, step=sub.step):
+            calls[i] += 1
+            return step(action)
+        sub.step = counted
+    ep = control.rollout(envs, StubAgent(envs.single_action_space), [3, 1, 4, 1, 5, 9, 2])[1]  # random
+    assert len(set(ep["length"])) > 2  # lengths differ, so sub-envs fall idle at different times
+    assert calls.sum() == ep["length"].sum()
 
 
 @pytest.mark.parametrize("env_id", list(control.ENVS))
