@@ -31,6 +31,14 @@ VARIANTS = [
      "plain PPO clip; the authors' loss adds dual-clip c = 3 on A < 0"),
     ("Pendulum: 16 sub-envs, 32 episodes", "Pendulum-v1", ["--num-envs", "16", "--episodes", "32"],
      "the earlier default batch (3M steps then)"),
+    ("Pendulum: 32 hidden units", "Pendulum-v1", ["--hidden", "32"],
+     "for speed (issue 12): the update's cost grows with the width"),
+    ("LunarLander: 32 hidden units", "LunarLander-v3", ["--hidden", "32"],
+     "for speed (issue 12): the update's cost grows with the width"),
+    ("LunarLander: 4 epochs", "LunarLander-v3", ["--update-epochs", "4"],
+     "for speed (issue 12): half the update's passes"),
+    ("LunarLander: 2 minibatches", "LunarLander-v3", ["--num-minibatches", "2"],
+     "for speed (issue 12): half the optimiser steps, each on twice the steps"),
 ]
 QUICK_STEPS = 5_000
 

@@ -11,7 +11,8 @@ run with default settings, its steps_per_second from summary.json (env steps of 
 training time, updates included, the final evaluation excluded). Every measurement runs one at a time,
 one thread (OMP_NUM_THREADS=1), alternating between the rounds, and the table shows the median of the
 rounds: on a shared machine timings are noisy, so compare numbers of one run only.
-Writes RESULTS/control_speed.{md,json}.
+Writes bench/results/control_speed.{md,json} (--quick: bench/runs/results/; or under --out), keeping the
+rows of envs not measured this time; every row says its date, rounds and baseline.
 """
 import argparse
 import json
@@ -75,8 +76,9 @@ def main():
     p.add_argument("--quick", action="store_true", help="short runs and one round: a check that it works")
     p.add_argument("--rounds", type=int, default=None, help="times each is measured (default 3, quick 1)")
     p.add_argument("--baseline", metavar="REV", help="also time control.py of this git revision (e.g. main)")
-    p.add_argument("--out", default=os.path.join(ROOT, "bench"), help="writes OUT/results/control_speed.*")
+    p.add_argument("--out", help="writes OUT/results/control_speed.* (default bench/, with --quick bench/runs/)")
     args = p.parse_args()
+    args.out = args.out or os.path.join(ROOT, "bench", "runs" if args.quick else "")
     os.environ["OMP_NUM_THREADS"] = "1"
     rounds = args.rounds or (1 if args.quick else 3)
     seconds = 1.0 if args.quick else 3.0
@@ -98,33 +100,39 @@ def main():
         r = {k: float(np.median(v)) if v else None for k, v in m.items()}
         results[env] = dict(num_envs=n, train_steps=steps, raw_steps_per_second=r["raw"],
                             raw_async_steps_per_second=r["raw_async"], train_steps_per_second=r["train"],
-                            train_fraction_of_raw=r["train"] / r["raw"],
-                            baseline_train_steps_per_second=r["baseline"], rounds=m)
-        print(env, {k: round(v) if v and v > 1 else v for k, v in results[env].items() if k != "rounds"},
-              flush=True)
+                            train_fraction_of_raw=r["train"] / r["raw"], baseline=args.baseline,
+                            baseline_train_steps_per_second=r["baseline"], measured=measured(), rounds=m)
+        print(env, {k: round(v) if isinstance(v, float) and v > 1 else v for k, v in results[env].items()
+                    if k != "rounds"}, flush=True)
+    path = os.path.join(args.out, "results", "control_speed")
+    if not args.quick and os.path.exists(path + ".json"):  # keep the rows of envs not measured this time
+        with open(path + ".json") as f:
+            earlier = json.load(f)["results"]
+        results = {env: results.get(env) or earlier[env] for env in control.ENVS
+                   if env in results or env in earlier}
 
     def fmt(x):
         return "-" if x is None else f"{x:.0f}"
-    lines = ["| env | sub-envs | raw env.step steps/s | raw async steps/s | train loop steps/s | train/raw |"
-             + (f" baseline ({args.baseline}) train steps/s | speed-up |" if base_dir else ""),
-             "|---|---|---|---|---|---|" + ("---|---|" if base_dir else "")]
+    lines = ["| env | sub-envs | raw env.step steps/s | raw async steps/s | train loop steps/s | train/raw "
+             "| baseline train steps/s | speed-up | measured (rounds) |", "|---" * 9 + "|"]
     for env, r in results.items():
-        line = (f"| {env} | {r['num_envs']} | {fmt(r['raw_steps_per_second'])} | "
-                f"{fmt(r['raw_async_steps_per_second'])} | {fmt(r['train_steps_per_second'])} | "
-                f"{r['train_fraction_of_raw']:.0%} |")
-        if base_dir:
-            b = r["baseline_train_steps_per_second"]
-            line += f" {fmt(b)} | {r['train_steps_per_second'] / b:.2f}x |"
-        lines.append(line)
-    measured = f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores"
-    table = "\n".join(lines) + f"\n\nMedian of {rounds} round(s); measured {measured}.\n"
+        b = r.get("baseline_train_steps_per_second")
+        base = f"{b:.0f} ({r['baseline']}) | {r['train_steps_per_second'] / b:.2f}x" if b else "- | -"
+        lines.append(f"| {env} | {r['num_envs']} | {fmt(r['raw_steps_per_second'])} | "
+                     f"{fmt(r['raw_async_steps_per_second'])} | {fmt(r['train_steps_per_second'])} | "
+                     f"{r['train_fraction_of_raw']:.0%} | {base} | {r.get('measured', '-')} "
+                     f"({len(r['rounds']['train'])}) |")
+    table = "\n".join(lines) + "\n\nEach figure: the median of its row's rounds, measured one at a time.\n"
     print("\n" + table)
-    os.makedirs(os.path.join(args.out, "results"), exist_ok=True)
-    with open(os.path.join(args.out, "results", "control_speed.md"), "w") as f:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".md", "w") as f:
         f.write(table)
-    with open(os.path.join(args.out, "results", "control_speed.json"), "w") as f:
-        json.dump(dict(measured=measured, quick=args.quick, rounds=rounds, baseline=args.baseline,
-                       results=results), f, indent=2)
+    with open(path + ".json", "w") as f:
+        json.dump(dict(quick=args.quick, results=results), f, indent=2)
+
+
+def measured():
+    return f"{time.strftime('%Y-%m-%d')}, {platform.machine()} {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":
