@@ -184,14 +184,13 @@ def step_busy(envs, action, on, obs):
     """Step the sub-envs where `on` is True with their actions; the others neither step nor change.
 
     Returns the observations of all sub-envs, and reward, terminated, truncated and the body's x position
-    (nan where the env reports none) of the stepped ones. gymnasium's vector step steps every sub-env: near
+    (nan where the env reports none; None for CartPole) of the stepped ones. gymnasium's vector step steps every sub-env: near
     a batch's end most have no episode left, and on LunarLander and Hopper, whose episodes last from ~50 to
     1000 steps, those idle steps took more env time than the real ones. The numpy-batched CartPole steps all
     its sub-envs at the cost of one, so it keeps envs.step (its autoreset is undone by start_episodes).
     """
     if isinstance(envs.unwrapped, CartPoleVectorEnv):
-        obs, reward, terminated, truncated, _ = envs.step(action)
-        return obs, reward, terminated, truncated, np.full(envs.num_envs, np.nan)
+        return *envs.step(action)[:4], None
     n, obs = envs.num_envs, obs.copy()
     reward, terminated, truncated, x = np.zeros(n), np.zeros(n, bool), np.zeros(n, bool), np.full(n, np.nan)
     for i in np.flatnonzero(on):
@@ -239,7 +238,8 @@ def rollout(envs, agent, seeds):
         ep["min_x"][j] = np.minimum(ep["min_x"][j], obs[on, 0])
         ep["max_x"][j] = np.maximum(ep["max_x"][j], obs[on, 0])
         ep["terminated"][j] |= terminated[on]
-        ep["x_end"][j] = x[on]  # kept up to date, so after an episode's last step: where it ended
+        if x is not None:  # kept up to date, so after an episode's last step: where it ended
+            ep["x_end"][j] = x[on]
         done = on & (terminated | truncated)
         if done.any():
             slot[done] = -1

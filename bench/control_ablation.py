@@ -30,9 +30,9 @@ VARIANTS = [
     ("CartPole: no dual-clip", "CartPole-v1", ["--dual-clip", "0"],
      "plain PPO clip; the authors' loss adds dual-clip c = 3 on A < 0"),
     ("Pendulum: 16 sub-envs, 32 episodes", "Pendulum-v1", ["--num-envs", "16", "--episodes", "32"],
-     "the earlier default batch (3M steps then)"),
-    ("Pendulum: 32 hidden units", "Pendulum-v1", ["--hidden", "32"],
-     "for speed (issue 12): the update's cost grows with the width"),
+     "the earlier default batch (3M steps then; 64 units, the default then)"),
+    ("Pendulum: 64 hidden units", "Pendulum-v1", ["--hidden", "64"],
+     "the default before issue 12; 32 since, for speed: the update's cost grows with the width"),
     ("LunarLander: 32 hidden units", "LunarLander-v3", ["--hidden", "32"],
      "for speed (issue 12): the update's cost grows with the width"),
     ("LunarLander: 4 epochs", "LunarLander-v3", ["--update-epochs", "4"],
@@ -88,7 +88,7 @@ def main():
             table[f"{env.split('-')[0]}: defaults"] = dict(
                 env=env, flags=[], change="none", budget=rs[0]["config"]["total_steps"],
                 note="the suite's sppo runs: {update_epochs} epochs, {num_envs} sub-envs, {episodes} "
-                     "episodes per update".format(**rs[0]["config"]),
+                     "episodes per update, {hidden} units".format(**rs[0]["config"]),
                 success_rate_mean=mean(s), ci95=bootstrap_ci(s),
                 success_rates=s, seeds=[r["seed"] for r in rs], quick=False,
                 return_mean=mean([r["mean_return"] for r in rs]), measured="bench/results/control_suite.json")
