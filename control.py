@@ -184,10 +184,11 @@ def step_busy(envs, action, on, obs):
     """Step the sub-envs where `on` is True with their actions; the others neither step nor change.
 
     Returns the observations of all sub-envs, and reward, terminated, truncated and the body's x position
-    (nan where the env reports none; None for CartPole) of the stepped ones. gymnasium's vector step steps every sub-env: near
-    a batch's end most have no episode left, and on LunarLander and Hopper, whose episodes last from ~50 to
-    1000 steps, those idle steps took more env time than the real ones. The numpy-batched CartPole steps all
-    its sub-envs at the cost of one, so it keeps envs.step (its autoreset is undone by start_episodes).
+    (nan where the env reports none; None for CartPole) of the stepped ones. gymnasium's vector step steps
+    every sub-env: near a batch's end most have no episode left, and on LunarLander and Hopper, whose episodes
+    last from ~50 to 1000 steps, those idle steps took more env time than the real ones. The numpy-batched
+    CartPole steps all its sub-envs at the cost of one, so it keeps envs.step (its autoreset is undone by
+    start_episodes).
     """
     if isinstance(envs.unwrapped, CartPoleVectorEnv):
         return *envs.step(action)[:4], None

@@ -76,7 +76,7 @@ def main():
     p.add_argument("--quick", action="store_true", help="short runs and one round: a check that it works")
     p.add_argument("--rounds", type=int, default=None, help="times each is measured (default 3, quick 1)")
     p.add_argument("--baseline", metavar="REV", help="also time control.py of this git revision (e.g. main)")
-    p.add_argument("--out", help="writes OUT/results/control_speed.* (default bench/, with --quick bench/runs/)")
+    p.add_argument("--out", help="writes OUT/results/control_speed.* (default bench/; --quick: bench/runs/)")
     args = p.parse_args()
     args.out = args.out or os.path.join(ROOT, "bench", "runs" if args.quick else "")
     os.environ["OMP_NUM_THREADS"] = "1"
