@@ -229,7 +229,7 @@ def rollout(envs, agent, seeds):
     while (slot >= 0).any():
         on = slot >= 0
         j, t = slot[on], ep["length"][slot[on]]  # episode and step index of each busy sub-env
-        action, logp = act(obs)
+        action, logp = act(obs)  # idle rows too: the RNG draws, and so the episodes, stay those of before
         buf["obs"][t, j], buf["actions"][t, j], buf["logp"][t, j] = obs[on], action[on], logp[on]
         if agent.continuous:  # the Gaussian is unbounded; the env gets the action clipped to its box
             action = np.clip(action, space.low, space.high)

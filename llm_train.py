@@ -586,8 +586,7 @@ def generate(model, tok, prompts, eos_ids, cfg, greedy, device):
         if len(shared):
             rest_ids, rest_mask = left_pad([p[len(shared):] for p in prompts], tok.pad_token_id, device)
             g_ids = torch.cat([shared.expand(len(prompts), -1), rest_ids], 1)
-            g_mask = torch.cat([rest_mask.new_ones(len(prompts), len(shared)), rest_mask], 1)
-            cache = prefix_cache(model, shared, len(prompts))
+            cache, g_mask = prefix_cache(model, shared, rest_mask)
         out = model.generate(input_ids=g_ids, attention_mask=g_mask, cache=cache,
                              generation_config=generation_config(cfg, greedy, eos_ids, tok.pad_token_id))
     resp = out.sequences[:, g_ids.shape[1]:]
@@ -649,11 +648,12 @@ def shared_prefix(prompt_ids, prompt_mask):
     return aligned[0, :min(int(same.cumprod(0).sum()), n - 1)]
 
 
-def prefix_cache(model, shared, n):
-    """The keys and values of the shared tokens, computed once for one row, repeated for n rows."""
+def prefix_cache(model, shared, mask):
+    """The keys and values of the shared tokens, computed once for one row and repeated for each row of mask
+    (the rows' own tokens), and the attention mask of the whole: ones on the shared tokens, then mask."""
     cache = model(input_ids=shared[None], use_cache=True).cache
-    cache.batch_repeat_interleave(n)
-    return cache
+    cache.batch_repeat_interleave(len(mask))
+    return cache, torch.cat([mask.new_ones(len(mask), len(shared)), mask], 1)
 
 
 def minibatch_logprobs(model, b, mb, temperature):
@@ -673,8 +673,7 @@ def minibatch_logprobs(model, b, mb, temperature):
     with autocast(ids.device):
         past = None
         if len(shared):  # S shared tokens: positions 0..S-1, then each row's own tokens from S on
-            past = prefix_cache(model, shared, len(ids))
-            mask = torch.cat([mask.new_ones(len(ids), len(shared)), mask], 1)
+            past, mask = prefix_cache(model, shared, mask)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask)[:, len(shared):],
                        cache=past, logits_to_keep=end - n_prompt + 1).logits[:, :-1]
     logp = token_logprobs(logits, ids[:, n_prompt - first:], temperature)
