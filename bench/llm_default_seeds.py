@@ -1,0 +1,98 @@
+"""The default LLM run on five seeds: does the result belong to the recipe or to a seed?
+
+    python bench/llm_default_seeds.py                 # seeds 0-4, one at a time, torch's threads (2 here)
+    python bench/llm_default_seeds.py --jobs 2        # two side by side, one thread each (timings then differ)
+    python bench/llm_default_seeds.py --quick         # the tiny random model, 2 seeds, 1 step: a smoke test
+
+Each run is `python llm_train.py --seed S --out DIR --overwrite [FLAGS]` (FLAGS: whatever follows `--`, e.g. a
+candidate recipe), nothing else changed. A run that finished with the same command is read back, not rerun.
+Writes RESULTS/llm_default_seeds.{md,json}: `seeds`, a list of {seed, accuracy_before, accuracy_after,
+wall_seconds, train_seconds, entropy_final}, and the mean with its 95% bootstrap interval over seeds.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(seed, out, flags, threads):
+    out = os.path.abspath(out)
+    cmd = [sys.executable, "llm_train.py", "--seed", str(seed), *flags, "--out", out, "--overwrite"]
+    cmd += ["--threads", str(threads)] if threads else []
+    path = os.path.join(out, "summary.json")
+    summary = json.load(open(path)) if os.path.isfile(path) else {}
+    if summary.get("eval_accuracy_after") is None or summary.get("command") != cmd[1:]:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        t0 = time.time()
+        with open(out + ".log", "w") as log:
+            done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=log,
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}); see {out}.log")
+        summary = json.load(open(path))
+        summary.update(command=cmd[1:], process_seconds=round(time.time() - t0, 1),
+                       measured=time.strftime("%Y-%m-%d %H:%M"))
+        json.dump(summary, open(path, "w"), indent=1)
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if line.strip()]
+    return dict(seed=seed, accuracy_before=summary["eval_accuracy_before"],
+                accuracy_after=summary["eval_accuracy_after"], wall_seconds=summary["wall_seconds"],
+                process_seconds=summary.get("process_seconds"), train_seconds=summary["train_seconds"],
+                entropy_final=rows[-1]["entropy"], measured=summary.get("measured"))
+
+
+def bootstrap_ci(values, resamples=10_000, seed=0):
+    x = np.asarray(values, dtype=float)
+    means = x[np.random.default_rng(seed).integers(0, len(x), (resamples, len(x)))].mean(axis=1)
+    return [float(v) for v in np.percentile(means, [2.5, 97.5])]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--jobs", type=int, default=1, help="runs side by side (then one torch thread each)")
+    p.add_argument("--quick", action="store_true", help="tiny model, seeds 0 and 1, 1 step, 16 problems")
+    p.add_argument("--out", default=None, help="run folders (default runs/default_seeds[_quick])")
+    p.add_argument("--results", default=None, help="tables (default bench/results; OUT with --quick)")
+    a, flags = p.parse_known_args()
+    flags = [f for f in flags if f != "--"]
+    seeds = [0, 1] if a.quick else a.seeds
+    if a.quick:
+        flags = ["--model", "tiny", "--steps", "1", "--batch-size", "4", "--eval-size", "16",
+                 "--max-new-tokens", "8"] + flags
+    out = a.out or os.path.join(ROOT, "runs", "default_seeds_quick" if a.quick else "default_seeds")
+    results = a.results or (out if a.quick else os.path.join(ROOT, "bench", "results"))
+    threads = 1 if a.jobs > 1 else 0
+    with ThreadPoolExecutor(a.jobs) as pool:
+        runs = list(pool.map(lambda s: run(s, os.path.join(out, f"seed{s}"), flags, threads), seeds))
+    acc = [r["accuracy_after"] for r in runs]
+    result = dict(flags=flags, jobs=a.jobs, threads=threads or "torch default",
+                  machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+                  seeds=runs, accuracy_after_mean=float(np.mean(acc)), accuracy_after_ci95=bootstrap_ci(acc),
+                  accuracy_after_min=min(acc))
+    lines = [f"`python llm_train.py --seed S {' '.join(flags)}`; {result['machine']}; {a.jobs} run(s) at a "
+             f"time, threads: {result['threads']}.", "",
+             "| seed | accuracy before -> after | wall s | training s | final entropy | measured |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['seed']} | {r['accuracy_before']:.3f} -> {r['accuracy_after']:.3f} | {r['wall_seconds']:.0f} | "
+              f"{r['train_seconds']:.0f} | {r['entropy_final']:.3f} | {r['measured']} |" for r in runs]
+    lines += ["", f"Mean accuracy after: {result['accuracy_after_mean']:.3f} "
+                  f"[{result['accuracy_after_ci95'][0]:.3f}, {result['accuracy_after_ci95'][1]:.3f}], "
+                  f"lowest seed {result['accuracy_after_min']:.3f}."]
+    os.makedirs(results, exist_ok=True)
+    with open(os.path.join(results, "llm_default_seeds.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(results, "llm_default_seeds.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
