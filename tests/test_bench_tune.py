@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,3 +53,23 @@ def test_default_seeds_quick_writes_the_table(tmp_path):
         assert set(r) >= {"seed", "accuracy_after", "wall_seconds", "entropy_final"}
         assert 0 <= r["accuracy_after"] <= 1 and r["entropy_final"] > 0
     assert result["accuracy_after_min"] == min(r["accuracy_after"] for r in result["seeds"])
+
+
+def test_auc_is_the_probability_that_a_success_has_the_higher_value():
+    import control_tail
+    assert control_tail.auc([2.0, 3.0], [1.0]) == 1.0 and control_tail.auc([0.0], [1.0, 2.0]) == 0.0
+    assert control_tail.auc([1.0], [1.0]) == 0.5 and control_tail.auc([], [1.0]) is None
+    rng = np.random.default_rng(0)
+    pos, neg = rng.integers(0, 5, 40).astype(float), rng.integers(0, 5, 30).astype(float)  # many ties
+    brute = np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :]))
+    assert control_tail.auc(pos, neg) == pytest.approx(brute, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_tail_quick_writes_auc_and_calibration(tmp_path):
+    subprocess.run([sys.executable, "bench/control_tail.py", "--quick", "--jobs", "2", "--out", str(tmp_path)],
+                   cwd=ROOT, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = json.load(open(tmp_path / "control_tail.json"))["results"]["CartPole-v1"]
+    assert len(r["ppo"]["early"]["auc"]) == 10 and r["ppo"]["late"]["updates"][1] > r["ppo"]["early"]["updates"][0]
+    assert 0 <= r["sppo"]["late"]["brier"] <= 1 and r["sppo"]["late"]["bins"]
+    assert (tmp_path / "control_tail.png").exists()
