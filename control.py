@@ -2,23 +2,21 @@
 
     python control.py --env CartPole-v1 --algo sppo --seed 1    # trains into runs/CartPole-v1_sppo_1
     python control.py --eval DIR                               # re-evaluates the policy saved in DIR
-    python control.py --resume DIR [--total-steps N]           # continues the run in DIR (after a stop or crash)
+    python control.py --resume DIR [--total-steps N]           # continues the run in DIR
+    python control.py --help                                   # every flag, with its defaults per env
 
-RLVR mode: the "prompt" is the first observation after env.reset(seed=s), the "action sequence" is every action
-until the episode ends, and the learner sees ONE outcome R in [0, 1] computed from the finished episode; the
-env's per-step rewards are only summed for the report.
+RLVR mode: the "prompt" is the first observation after env.reset(seed=s), the "action sequence" is every
+action until the episode ends, and the learner sees ONE outcome R in [0, 1] computed from the finished episode.
   sppo: A = R - sigmoid(V(s_0)) on every step of the episode; the critic learns BCE(V(s_0), R).
   ppo : token-level baseline: a critic V(s_t) on every step, R on the last step only, GAE.
   grpo: group_size episodes from the same seed, A = (R - group mean) / group std, no critic.
-All three use the PPO clipped loss of sppo.py, which holds the math; this file collects episodes and calls it.
-
-Map of the file, top to bottom:
-  Config, Batch, State      every flag; what rollout returns and update reads; what a checkpoint holds
-  the method                train (the loop), rollout, score, update, advantages (sppo | grpo | ppo), evaluate
-  models and envs           Agent (actor, critic, observation norm, sample), make_envs, start_episodes, step_busy
-  speed                     numpy_sampler: Agent.sample in numpy, tested equal
-  the tasks                 ENVS: each env's outcome R, success criterion and default settings
-  plumbing                  flags and validation, run folder, checkpoints, metrics.jsonl, signals, main
+All three use the PPO clipped loss; the math is in sppo.py. The file, top to bottom:
+  Config, Batch, State   every flag; what rollout returns and update reads; what a checkpoint holds
+  the method             train (the loop), rollout, score, update, advantages (sppo | grpo | ppo), evaluate
+  models and envs        Agent (actor, critic, observation norm, sample), make_envs, start_episodes, step_busy
+  speed                  numpy_sampler: Agent.sample in numpy, tested equal
+  the tasks              ENVS: each env's outcome R, success criterion and default settings
+  plumbing               flags and validation, run folder, checkpoints, metrics.jsonl, signals, main
 """
 import argparse
 import dataclasses
@@ -62,7 +60,7 @@ class Config:
     num_minibatches: int = arg(4, "minibatches per pass (over all valid steps of the batch)")
     clip_eps: float = arg(0.2, "PPO clip range epsilon")
     dual_clip: float = arg(3.0, "dual-clip c on negative advantages (verl's default, the authors' too); 0 = off")
-    gamma: float = arg(1.0, "ppo only: GAE discount; 1 = the outcome is not discounted, as verl's PPO")
+    gamma: float = arg(1.0, "ppo only: GAE discount; 1 = the outcome is not discounted, as in verl's PPO")
     lam: float = arg(0.95, "ppo only: GAE lambda")
     max_grad_norm: float = arg(0.5, "gradient clipping of actor and critic")
     anneal_lr: bool = arg(False, "lower both lrs linearly to 0 over total_steps (CleanRL's --anneal-lr)")
@@ -72,17 +70,16 @@ class Config:
     eval_every: int = arg(0, "also evaluate every this many env steps (0 = only at the end)")
     threads: int = arg(1, "torch threads: small MLPs are fastest on one")
     out: str = arg("", "run folder ('' = runs/{env}_{algo}_{seed})")
-    resume: str = arg("", "continue the run saved in DIR, in DIR; with --out OTHER in OTHER, DIR left untouched")
+    resume: str = arg("", "continue the run saved in DIR, in DIR; with --out OTHER in OTHER, DIR untouched")
     eval: str = arg("", "re-evaluate the policy saved in DIR, print the result as JSON, write nothing")
     overwrite: bool = arg(False, "replace an earlier run in --out (and its TensorBoard event files)")
-    tensorboard: str = arg("", "also log the metrics to TensorBoard event files in DIR (pip install tensorboard)")
+    tensorboard: str = arg("", "also log the metrics to TensorBoard event files in DIR")
     save_every_seconds: float = arg(60.0, "checkpoint every this many seconds (0 = at the end and on a signal)")
 
 
 @dataclasses.dataclass
 class Batch:
-    """One update's episodes, episode j in column j, padded after its end. rollout fills the steps and the
-    episode stats, score the outcome and success, advantages the advantages (and ppo's returns)."""
+    """One update's episodes (episode j in column j, padded): rollout fills it, score and advantages add to it."""
     obs: torch.Tensor  # [T, E, obs_dim] observation before each action; obs[0] is the prompt s_0
     actions: torch.Tensor  # [T, E] (discrete) or [T, E, act_dim] sampled actions, before clipping to the box
     logp: torch.Tensor  # [T, E] log pi_old(a_t | s_t), float32
@@ -92,7 +89,7 @@ class Batch:
     terminated: np.ndarray  # [E] ended by the env's terminal condition, not by its time limit
     min_x: np.ndarray  # [E] least value of the first observation coordinate (MountainCar's position)
     max_x: np.ndarray  # [E] greatest value of it
-    x_start: np.ndarray  # [E] body x after the reset (info "x_position": Hopper's obs leaves it out; else nan)
+    x_start: np.ndarray  # [E] body x after the reset (info "x_position": Hopper's obs lacks it; else nan)
     x_end: np.ndarray  # [E] body x after the last step (nan where the env reports none)
     outcome: Optional[np.ndarray] = None  # [E] R in [0, 1], float64
     success: Optional[np.ndarray] = None  # [E] the env's success criterion, bool
@@ -102,7 +99,7 @@ class Batch:
 
 @dataclasses.dataclass
 class State:
-    """What is learnt and where the run stands; a checkpoint holds it with torch's RNG state."""
+    """What is learnt and where the run stands; a checkpoint holds it, with torch's RNG state."""
     agent: "Agent"
     actor_opt: torch.optim.Adam
     critic_opt: torch.optim.Adam
@@ -114,11 +111,7 @@ class State:
 
 # ---- the method: training loop and step functions ----
 def train(cfg, s, run):
-    """The loop: rollout, score, update, until cfg.total_steps env steps or a signal (run.signal).
-
-    s (State) holds the agent, optimisers and RNGs (from the checkpoint on --resume). log_step, below the
-    plumbing line, writes each step's metrics and checkpoints when due; it changes nothing that is learnt.
-    """
+    """The loop: rollout, score, update, until total_steps env steps or a signal; log_step is plumbing."""
     envs = make_envs(cfg.env, cfg.num_envs)
     while s.env_steps < cfg.total_steps and run.signal is None:
         lr = set_lr(cfg, s)
@@ -134,12 +127,9 @@ def train(cfg, s, run):
 
 
 def set_lr(cfg, s):
-    """Both lrs for this update; returns the actor's. anneal_lr: lr * (1 - progress) with progress from the
-    env steps, so a resume continues the line; a resume with another budget starts it at s.lr_from."""
-    frac = 1.0
-    if cfg.anneal_lr:
-        steps0, frac0 = s.lr_from
-        frac = frac0 * (1 - (s.env_steps - steps0) / (cfg.total_steps - steps0))
+    """Both lrs for this update. anneal_lr: lr * (1 - progress), progress from the env steps (from s.lr_from)."""
+    steps0, frac0 = s.lr_from
+    frac = frac0 * (1 - (s.env_steps - steps0) / (cfg.total_steps - steps0)) if cfg.anneal_lr else 1.0
     for opt, lr in ((s.actor_opt, cfg.lr), (s.critic_opt, cfg.critic_lr)):
         opt.param_groups[0]["lr"] = lr * frac
     return cfg.lr * frac
@@ -152,21 +142,17 @@ def episode_seeds(cfg, rng):
     return rng.integers(0, EVAL_SEED0, cfg.episodes)
 
 
-def rollout(envs, agent, seeds, fast=True):
+def rollout(envs, agent, seeds):
     """Play one episode per seed, envs.num_envs at a time; a sub-env that ends starts the next seed at once.
-
-    A batch ends when all its episodes have ended, so long episodes are not under-sampled; sub-envs left
-    without an episode near the end wait, unstepped (step_busy). The loop runs once per env step, so it stays
-    in numpy: the steps go into preallocated arrays, and the policy samples through numpy_sampler (the same
-    numbers as Agent.sample, its definition, which fast=False uses).
-    """
+    The batch ends when all its episodes have, so long episodes are not under-sampled. The loop runs once per
+    env step, so it stays in numpy: arrays filled in place, and the policy as numpy_sampler (= Agent.sample)."""
     n, n_env, max_t = len(seeds), envs.num_envs, envs.spec.max_episode_steps
     space = envs.single_action_space
     ep = dict(ret=np.zeros(n), length=np.zeros(n, dtype=np.int64), min_x=np.zeros(n), max_x=np.zeros(n),
               terminated=np.zeros(n, dtype=bool), x_start=np.full(n, np.nan), x_end=np.full(n, np.nan))
     buf = dict(obs=np.zeros((max_t, n, envs.single_observation_space.shape[0]), np.float32),
                actions=np.zeros((max_t, n, *space.shape), space.dtype), logp=np.zeros((max_t, n), np.float32))
-    act = agent.sampler(np.random.default_rng(int(torch.randint(2**62, ()))), fast)  # torch's seed fixes it
+    act = agent.sampler(np.random.default_rng(int(torch.randint(2**62, ()))))  # torch's seed fixes it
     slot = np.full(n_env, -1)  # the episode each sub-env is playing, -1 for none
     slot[:min(n, n_env)] = np.arange(min(n, n_env))
     obs, x = start_episodes(envs, slot >= 0, seeds[:n_env])
@@ -191,8 +177,7 @@ def rollout(envs, agent, seeds, fast=True):
         slot[done] = -1
         restart = np.flatnonzero(done)[:n - next_ep]  # sub-envs that take the next seeds
         if len(restart):
-            which = np.zeros(n_env, dtype=bool)
-            which[restart] = True
+            which = np.isin(np.arange(n_env), restart)
             obs, x = start_episodes(envs, which, seeds[next_ep:next_ep + len(restart)], obs)
             slot[restart] = np.arange(next_ep, next_ep + len(restart))
             record_start(ep, slot[restart], which, obs, x)
@@ -218,12 +203,11 @@ def score(env_id, batch):
 
 
 def update(cfg, s, batch):
-    """One update, in the authors' order: advantages from the critic as it is, then the critic's update,
-    then update_epochs passes of PPO-clip minibatch steps of the actor over all valid steps of the batch."""
+    """One update, in the authors' order: advantages from the critic as it is, the critic, then the actor."""
     agent = s.agent
     rewards = torch.as_tensor(batch.outcome, dtype=torch.float32)  # [E]
-    if cfg.algo == "sppo" and s.step == 0:  # start the critic at the first batch's success rate
-        agent.critic[-1].bias.data.fill_(sppo.success_logit(rewards))  # (else every first A is R - 0.5)
+    if cfg.algo == "sppo" and s.step == 0:  # start the critic at the first batch's success rate, else
+        agent.critic[-1].bias.data.fill_(sppo.success_logit(rewards))  # every first A is R - 0.5
     advantages(cfg, agent, batch, rewards)
     stats = {"critic_loss": None}
     if cfg.algo == "sppo":  # L_critic = BCEWithLogits(V(s_0), R), one full-batch step per epoch
@@ -232,9 +216,8 @@ def update(cfg, s, batch):
             opt_step(s.critic_opt, loss, cfg.max_grad_norm)
         stats["critic_loss"] = loss.item()
     valid = batch.mask.bool().flatten()
-    obs, actions, old_logp, adv = (v.flatten(0, 1)[valid] for v in (batch.obs, batch.actions, batch.logp,
-                                                                      batch.adv))  # [N, ...] valid steps
-    returns = batch.returns.flatten(0, 1)[valid] if cfg.algo == "ppo" else None
+    obs, actions, old_logp, adv, returns = (None if v is None else v.flatten(0, 1)[valid] for v in
+                                            (batch.obs, batch.actions, batch.logp, batch.adv, batch.returns))
     n, ones = valid.sum().item(), torch.ones(1)
     for _ in range(cfg.update_epochs):
         for idx in sppo.minibatches(n, cfg.num_minibatches):
@@ -263,7 +246,7 @@ def advantages(cfg, agent, batch, rewards):
             batch.adv = sppo.sequence_advantages(rewards, agent.value(batch.obs[0])).expand_as(batch.mask)
     elif cfg.algo == "grpo":  # A = (R - group mean) / (group std + eps) on every step, no critic
         batch.adv = sppo.grpo_advantages(rewards, cfg.group_size).expand_as(batch.mask)
-    else:  # ppo: critic V(s_t), R on the last step, GAE: A_t = delta_t + gamma lam A_{t+1}; whitened (CleanRL)
+    else:  # ppo: V(s_t), R on the last step, GAE: A_t = delta_t + gamma lam A_{t+1}; whitened (CleanRL, verl)
         with torch.no_grad():
             values = agent.value(batch.obs) * batch.mask  # [T, E]
         adv, returns = sppo.gae_advantages(rewards, values.T, batch.mask.T, cfg.gamma, cfg.lam)  # [E, T]
@@ -279,11 +262,7 @@ def opt_step(opt, loss, max_norm):
 
 
 def evaluate(cfg, agent, episodes):
-    """The trained (sampling) policy on seeds EVAL_SEED0, EVAL_SEED0 + 1, ..., with its own fixed RNG.
-
-    We sample rather than take the mean action: the policy was trained, and is judged, as a sampler; in a
-    check on Hopper, its mean action alone fell over far more often than the sampling policy.
-    """
+    """The sampling policy (on Hopper its mean action fell far more often) on seeds EVAL_SEED0, +1, ..."""
     envs = make_envs(cfg.env, min(episodes, cfg.num_envs))
     with torch.random.fork_rng():  # the same actions on every call, and training's RNG untouched
         torch.manual_seed(EVAL_SEED0)
@@ -306,13 +285,9 @@ def mlp(n_in, n_out, hidden, out_std):
 
 
 class Agent(nn.Module):
-    """Actor (categorical or diagonal Gaussian policy) and critic, behind a running observation norm.
-
-    The critic is V(s_0) -> one logit for sppo, V(s_t) -> one value per step for ppo; grpo ignores it.
-    Without the normalisation MountainCar's velocity (~0.01) is invisible next to its position (~0.5) and the
-    policy never learns to swing. Its statistics are buffers (a saved policy carries them), refreshed between
-    updates only, so old and new log-probs of one update see the same inputs.
-    """
+    """Actor (categorical or diagonal Gaussian) and critic (sppo: V(s_0), a logit; ppo: V(s_t)), behind a
+    running observation norm: without it MountainCar's velocity (~0.01) is lost next to its position (~0.5).
+    Its statistics are buffers, refreshed between updates only (old and new log-probs see the same inputs)."""
 
     def __init__(self, obs_dim, action_space, hidden):
         super().__init__()
@@ -346,8 +321,8 @@ class Agent(nn.Module):
 
     @torch.no_grad()
     def sample(self, obs, noise):
-        """The policy's sampling, the definition: actions from dist(obs) driven by noise (uniform [n, 1]:
-        inverse CDF of the categorical; standard normal [n, act_dim]: mean + std * noise) and their log-probs."""
+        """The policy's sampling (the definition): actions from dist(obs) driven by noise, uniform [n, 1] for
+        the categorical (inverse CDF), standard normal [n, act_dim] for the Gaussian; and their log-probs."""
         dist = self.dist(obs)
         if self.continuous:
             action = dist.mean + dist.stddev * noise
@@ -355,18 +330,9 @@ class Agent(nn.Module):
             action = (dist.probs.cumsum(-1) <= noise).sum(-1).clamp(max=dist.probs.shape[-1] - 1)
         return action, self.log_prob(dist, action)
 
-    def sampler(self, rng, fast=True):
-        """obs [n, obs_dim] (numpy) -> (actions, float32 log-probs), the noise drawn from rng (numpy).
-        fast: numpy_sampler, the same numbers several times faster on the few dozen rows of a rollout."""
-        if fast:
-            return numpy_sampler(self, rng)
-
-        def act(obs):
-            shape = (len(obs), *self.log_std.shape) if self.continuous else (len(obs), 1)
-            draw = rng.standard_normal if self.continuous else rng.random
-            noise = torch.from_numpy(draw(shape, dtype=np.float32))
-            return [v.numpy() for v in self.sample(torch.as_tensor(obs, dtype=torch.float32), noise)]
-        return act
+    def sampler(self, rng):
+        """What rollout calls: numpy_sampler (speed section), sample's numbers from rng's noise, in numpy."""
+        return numpy_sampler(self, rng)
 
     def log_prob(self, dist, action):
         return dist.log_prob(action).sum(-1) if self.continuous else dist.log_prob(action)
@@ -385,24 +351,21 @@ def build(cfg):
     probe.close()
     actor_params = [*agent.actor.parameters()] + ([agent.log_std] if agent.continuous else [])
     actor_opt = torch.optim.Adam(actor_params, lr=cfg.lr, eps=1e-5)
-    critic_opt = torch.optim.Adam(agent.critic.parameters(), lr=cfg.critic_lr, eps=1e-5)
-    return agent, actor_opt, critic_opt
+    return agent, actor_opt, torch.optim.Adam(agent.critic.parameters(), lr=cfg.critic_lr, eps=1e-5)
 
 
 def make_envs(env_id, n):
     """n copies side by side. CartPole uses gymnasium's numpy-batched CartPoleVectorEnv (~20x faster)."""
-    if env_id == "CartPole-v1":
-        return gym.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point")
-    return gym.make_vec(env_id, num_envs=n, vectorization_mode="sync")
+    mode = "vector_entry_point" if env_id == "CartPole-v1" else "sync"
+    return gym.make_vec(env_id, num_envs=n, vectorization_mode=mode)
 
 
 CARTPOLE = gym.make("CartPole-v1").unwrapped  # computes the seeded start states of the batched CartPole
 
 
 def start_episodes(envs, which, seeds, obs=None):
-    """(Re)start the sub-envs where `which` is True; the k-th of them from env.reset(seed=seeds[k]), whose first
-    observation is the episode's prompt. Returns all sub-envs' observations (obs, or zeros on the first start,
-    with the restarted rows replaced) and the restarted ones' body x positions (nan where none is reported)."""
+    """(Re)start the sub-envs where `which` is True, the k-th from env.reset(seed=seeds[k]) (the prompt).
+    Returns all observations (obs with those rows replaced) and the restarted ones' body x (else nan)."""
     n = envs.num_envs
     x = np.full(n, np.nan)
     if isinstance(envs.unwrapped, CartPoleVectorEnv):
@@ -414,7 +377,7 @@ def start_episodes(envs, which, seeds, obs=None):
         start = np.stack([CARTPOLE.reset(seed=int(s))[0] for s in seeds])
         cp.state[:, which], cp.steps[which], cp.prev_done[which] = start.T, 0, False
         return cp.state.T.astype(np.float32), x
-    # the sync vector env's sub-envs are reset one by one, as SyncVectorEnv.reset(options={"reset_mask": which})
+    # the sync vector env's sub-envs are reset one by one, as SyncVectorEnv.reset(options={"reset_mask": ...})
     space = envs.single_observation_space
     obs = np.zeros((n, *space.shape), space.dtype) if obs is None else obs.copy()
     for i, s in zip(np.flatnonzero(which), seeds):
@@ -424,14 +387,9 @@ def start_episodes(envs, which, seeds, obs=None):
 
 
 def step_busy(envs, action, on, obs):
-    """Step the sub-envs where `on` is True with their actions; the others neither step nor change.
-
-    Returns all sub-envs' observations, and reward, terminated, truncated and body x (nan where none; None for
-    CartPole) of the stepped ones. gymnasium's vector step steps every sub-env: near a batch's end most have
-    no episode left, and on LunarLander and Hopper (episodes of ~50 to 1000 steps) those idle steps took more
-    time than the real ones. The numpy-batched CartPole steps all at the cost of one, so it keeps envs.step
-    (its autoreset is undone by start_episodes).
-    """
+    """Step only the sub-envs where `on` is True (gymnasium steps all: near a batch's end most are idle, and
+    on LunarLander and Hopper those steps cost more than the real ones); the batched CartPole steps all at
+    the cost of one (start_episodes undoes its autoreset). -> obs, reward, terminated, truncated, x (or None)."""
     if isinstance(envs.unwrapped, CartPoleVectorEnv):
         return *envs.step(action)[:4], None
     n, obs = envs.num_envs, obs.copy()
@@ -445,9 +403,8 @@ def step_busy(envs, action, on, obs):
 # ---- speed: faster equivalents, each tested equal ----
 @torch.no_grad()
 def numpy_sampler(agent, rng):
-    """Agent.sample in numpy, drawing the same noise from rng: obs [n, obs_dim] -> (actions, float32 log-probs).
-    rollout() samples once per env step, and on a few dozen rows numpy runs the small MLP several times faster
-    than torch (whose fixed cost per operation dominates). The weights are read once: a rollout keeps them."""
+    """Agent.sample in numpy with the noise drawn from rng: obs [n, obs_dim] -> (actions, float32 log-probs).
+    On a few dozen rows numpy runs the small MLP several times faster than torch (fixed cost per op)."""
     (w1, b1), (w2, b2), (w3, b3) = [(lin.weight.numpy().T, lin.bias.numpy()) for lin in agent.actor[::2]]
     mean, std = agent.obs_mean.numpy(), torch.sqrt(agent.obs_var + 1e-8).numpy()
     log_std = agent.log_std.numpy() if agent.continuous else None
@@ -483,8 +440,8 @@ def forward_distance(b):
 # Per env: outcome(batch) -> [0, 1] and success(batch) -> bool read the finished episodes only (Batch's fields).
 # measure: (name, fn) the task measure in its own units; evaluate() reports "mean_{name}" and summary.json
 # names that key in "task_measure". degenerate: why a constant, random or standing-still policy cannot succeed
-# (tested). config: this env's defaults; algo_config: defaults per algorithm on top (the tuning's winners);
-# a flag given on the command line overrides both.
+# (tested). config: the env's defaults; algo_config: per-algorithm defaults over them (the tuning's winners);
+# a flag given overrides both.
 ENVS = {
     "CartPole-v1": dict(  # graded by the steps balanced
         outcome=lambda b: b.length / 500.0, success=lambda b: b.length >= 500,
@@ -496,7 +453,8 @@ ENVS = {
         config=dict(total_steps=1_000_000, num_envs=256, episodes=256, hidden=32, update_epochs=2,
                     anneal_lr=True), algo_config={}),
     "MountainCar-v0": dict(  # graded by the highest point reached (height ~ sin 3x), the flag gives 1
-        outcome=lambda b: np.where(b.terminated, 1.0, (np.maximum(np.sin(3 * b.min_x), np.sin(3 * b.max_x)) + 1) / 2),
+        outcome=lambda b: np.where(b.terminated, 1.0,
+                                   (np.maximum(np.sin(3 * b.min_x), np.sin(3 * b.max_x)) + 1) / 2),
         success=lambda b: b.terminated, measure=("max_position", lambda b: b.max_x),  # the flag is at 0.5
         degenerate="the engine is too weak to climb directly: the flag needs swings timed to the velocity, "
                    "which a constant or random action never builds up in 200 steps",
@@ -512,16 +470,15 @@ ENVS = {
         outcome=lambda b: np.clip(1.0 + b.ret / 1500.0, 0.0, 1.0),
         success=lambda b: balanced(b, since=100, max_angle=0.5),
         measure=("return", lambda b: b.ret),  # the env's cost is the task: upright, still, little torque
-        degenerate="success is the pendulum within 0.5 rad of upright at every step of the second half "
-                   "(steps 100-199; the motor holds a lean of 0.41 rad at most): the torque is too weak to "
-                   "lift it directly and upright is unstable, so a constant or random torque leaves it "
-                   "hanging or swinging. (Return >= -200 was dropped: a near-optimal controller fails it "
-                   "from 28% of the starts, bench/pendulum_ceiling.py)",
+        degenerate="success is within 0.5 rad of upright at every step of the second half (the motor holds "
+                   "0.41 rad at most): the torque is too weak to lift it directly and upright is unstable, so "
+                   "a constant or random torque leaves it hanging or swinging (return >= -200 was dropped: a "
+                   "near-optimal controller fails it from 28% of the starts, bench/pendulum_ceiling.py)",
         # 32 hidden units (was 64): the update costs less, and learning held (bench/control_ablation.py)
         config=dict(total_steps=2_000_000, num_envs=64, episodes=64, hidden=32), algo_config={}),
     "Hopper-v5": dict(  # graded by the forward distance (the return pays +1 a step for standing)
         outcome=lambda b: np.clip(forward_distance(b) / 10.0, 0.0, 1.0),
-        success=lambda b: forward_distance(b) >= 5.0, measure=("forward_distance", forward_distance),  # metres
+        success=lambda b: forward_distance(b) >= 5.0, measure=("forward_distance", forward_distance),  # m
         degenerate="success is 5 m forward in 1000 steps: standing still, falling over or random torques "
                    "move the torso about 1 m at most, and the episode ends once it tilts or drops",
         config=dict(total_steps=1_000_000, lr=3e-4), algo_config={}),
@@ -539,8 +496,8 @@ def measure_key(env_id):
 RUN_FILES = ("config.json", "policy.pt", "metrics.jsonl", "summary.json")  # what a run writes into --out
 EVAL_KEYS = ("success_rate", "mean_outcome", "mean_return", "mean_length")  # evaluate(), + the task measure
 CHECKPOINT_KEYS = ("config", "agent", "actor_opt", "critic_opt", "env_steps", "update")
-PLUMBING = ("out", "resume", "eval", "overwrite", "tensorboard")  # not carried over from a saved run
-FIXED = ("env", "algo", "hidden", "seed")  # a resumed run keeps these: they fix the model or the episodes
+PLUMBING = ("out", "resume", "eval", "overwrite", "tensorboard")  # never carried over from a saved run
+FIXED = ("env", "algo", "hidden", "seed")  # a resumed run keeps these: they fix the model and the episodes
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -555,7 +512,7 @@ def flag(name):
 
 
 def flag_help(f):
-    """The field's help and default, then the defaults ENVS sets per env and per env and algorithm."""
+    """The field's help and default, then the other defaults ENVS sets per env and per env and algorithm."""
     layers = [(env, spec["config"]) for env, spec in ENVS.items()]
     layers += [(f"{env} {algo}", c) for env, spec in ENVS.items() for algo, c in spec["algo_config"].items()]
     others = [f"{c[f.name]!r} for {where}" for where, c in layers if c.get(f.name, f.default) != f.default]
@@ -563,17 +520,17 @@ def flag_help(f):
 
 
 def parse_args(argv=None):
-    """The flags given, as a dict of Config fields: only those given (SUPPRESS), so defaults can be layered."""
+    """The flags given, as a dict of Config fields: only those given (SUPPRESS), so that defaults layer."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=(
-        "Defaults, each layer over the one before: Config's (above), ENVS[env]['config'] for the env, "
-        "ENVS[env]['algo_config'][algo] for the env and algorithm (the tuning's winners), the flags given; "
-        "on --resume the saved run's settings come before the flags given."))
+        "Defaults, each layer over the one before: Config's; ENVS[env]['config'] per env; "
+        "ENVS[env]['algo_config'][algo] per env and algorithm (the tuning's winners); on --resume the saved "
+        "run's settings; then the flags given."))
     p.error = fail  # one line, exit 2, for argparse's own errors too
     for f in dataclasses.fields(Config):
         kind = (dict(action=argparse.BooleanOptionalAction) if f.type is bool else
                 dict(type=f.type, metavar="DIR" if f.name in ("out", "resume", "eval", "tensorboard") else None))
-        p.add_argument(flag(f.name), default=argparse.SUPPRESS, choices={"env": list(ENVS), "algo": ALGOS}.get(f.name),
-                       help=flag_help(f), **kind)
+        p.add_argument(flag(f.name), default=argparse.SUPPRESS, help=flag_help(f),
+                       choices={"env": list(ENVS), "algo": ALGOS}.get(f.name), **kind)
     return vars(p.parse_args(argv))
 
 
@@ -613,17 +570,14 @@ def config_error(cfg):
         return f"--group-size must be at least 2 for grpo, got {cfg.group_size}"
     if cfg.num_minibatches > batch_episodes(cfg):  # every episode has a step, so no minibatch is empty
         return f"--num-minibatches must be at most the episodes per update ({batch_episodes(cfg)})"
-    if cfg.eval and cfg.resume:
-        return "--eval and --resume exclude each other"
-    return None
+    return "--eval and --resume exclude each other" if cfg.eval and cfg.resume else None
 
 
 def make_config(given):
-    """Config defaults, the env's, the env and algorithm's, then the flags given; refuse impossible settings.
+    """Config's defaults, the env's, the env and algorithm's, then the flags given; refuse impossible settings.
     Creates nothing on disk: the run folder is made only once every check has passed (start_run_folder)."""
     spec = ENVS.get(given.get("env", Config.env), dict(config={}, algo_config={}))
-    algo_defaults = spec["algo_config"].get(given.get("algo", Config.algo), {})
-    cfg = Config(**{**spec["config"], **algo_defaults, **given})
+    cfg = Config(**{**spec["config"], **spec["algo_config"].get(given.get("algo", Config.algo), {}), **given})
     if config_error(cfg):
         fail(config_error(cfg))
     cfg.episodes = batch_episodes(cfg)
@@ -631,16 +585,15 @@ def make_config(given):
     return cfg
 
 
-def resume_config(given, saved):
-    """--resume: the saved run's settings under the flags given. A flag of FIXED that differs is refused; the
-    others that differ are applied, and listed (printed once every check has passed)."""
-    for name in FIXED:
-        if name in given and given[name] != getattr(saved, name):
-            fail(f"{flag(name)} {given[name]} contradicts the run in {given['resume']} ({name} "
-                 f"{getattr(saved, name)}); a resumed run keeps its {', '.join(FIXED)}")
+def saved_config(given, saved, run_dir, free, why):
+    """The saved run's settings under the flags given; a flag not in free that differs is refused."""
+    for name in given:
+        if name not in free and name not in PLUMBING and given[name] != getattr(saved, name):
+            fail(f"{flag(name)} {given[name]} contradicts the run in {run_dir} ({name} {getattr(saved, name)}); "
+                 f"{why}")
     kept = {k: v for k, v in dataclasses.asdict(saved).items() if k not in PLUMBING}
     changes = [f"resume: {flag(k)} {kept[k]} -> {v}" for k, v in given.items() if k in kept and v != kept[k]]
-    return make_config({**kept, **given, "out": given.get("out") or given["resume"]}), changes
+    return make_config({**kept, **given, "out": given.get("out") or run_dir}), changes
 
 
 def folder_error(path):
@@ -676,42 +629,33 @@ def in_place(cfg):
     return bool(cfg.resume) and os.path.realpath(cfg.resume) == os.path.realpath(cfg.out)
 
 
-def start_run_folder(cfg, ckpt):
-    """Make --out, now that every check has passed. A new run replaces an earlier one there (and its TensorBoard
-    events, from its config.json); a resume keeps the metrics rows up to its checkpoint's step (a crash may
-    have left later ones, or half a line); a branch (--resume DIR --out OTHER) starts from a copy of DIR's."""
+def start_run_folder(cfg, step):
+    """Make --out once every check has passed. A new run (or branch) replaces an earlier one and the TensorBoard
+    events its config.json names; a resume keeps the metrics rows up to its checkpoint's step (a crash may
+    have left later ones, or half a line), a branch (--resume DIR --out OTHER) copies those."""
     os.makedirs(cfg.out, exist_ok=True)
     if not in_place(cfg):
-        old = read_json(os.path.join(cfg.out, "config.json")).get("tensorboard")
-        if old and os.path.isdir(old):
-            for name in os.listdir(old):
-                if name.startswith("events.out.tfevents."):
-                    os.remove(os.path.join(old, name))
+        old = (read_jsonl(os.path.join(cfg.out, "config.json")) or [{}])[0].get("tensorboard")
+        for name in os.listdir(old) if old and os.path.isdir(old) else []:
+            if name.startswith("events.out.tfevents."):
+                os.remove(os.path.join(old, name))
         for name in RUN_FILES:
             if os.path.exists(os.path.join(cfg.out, name)):
                 os.remove(os.path.join(cfg.out, name))
-    rows = kept_rows(os.path.join(cfg.resume, "metrics.jsonl"), ckpt["update"]) if ckpt else []
+    rows = [r for r in read_jsonl(os.path.join(cfg.resume, "metrics.jsonl")) if r["step"] <= step] if step else []
     write_atomic(os.path.join(cfg.out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
-    write_atomic(os.path.join(cfg.out, "config.json"), json.dumps(dataclasses.asdict(cfg), indent=1))
+    write_atomic(os.path.join(cfg.out, "config.json"), json.dumps(dataclasses.asdict(cfg)) + "\n")
 
 
-def kept_rows(path, step):
-    """metrics.jsonl's rows up to step (a half-written last line ends them)."""
+def read_jsonl(path):
+    """The rows of a JSON-lines file up to the first that does not parse (half written when a run was killed)."""
     rows = []
     for line in open(path) if os.path.exists(path) else []:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
             break
-    return [r for r in rows if r["step"] <= step]
-
-
-def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
+    return rows
 
 
 def write_atomic(path, text):
@@ -722,21 +666,19 @@ def write_atomic(path, text):
 
 def save_checkpoint(run, s):
     """policy.pt, atomically (a temporary file, then os.replace): what is learnt, the RNG states and clocks.
-    Signals during it only set run.signal, so a second Ctrl-C cannot cut it short."""
+    A signal during it only sets run.signal, so a second Ctrl-C cannot cut it short."""
     path = os.path.join(run.cfg.out, "policy.pt")
-    torch.save(dict(config=dataclasses.asdict(run.cfg), agent=s.agent.state_dict(),
-                    actor_opt=s.actor_opt.state_dict(), critic_opt=s.critic_opt.state_dict(), env_steps=s.env_steps,
-                    update=s.step, lr_from=s.lr_from, torch_rng=torch.get_rng_state(),
-                    seed_rng=s.seed_rng.bit_generator.state, train_seconds=run.train_seconds,
-                    wall_seconds=run.wall_seconds()), path + ".tmp")
+    torch.save(dict(config=dataclasses.asdict(run.cfg), agent=s.agent.state_dict(), env_steps=s.env_steps,
+                    actor_opt=s.actor_opt.state_dict(), critic_opt=s.critic_opt.state_dict(), update=s.step,
+                    lr_from=s.lr_from, torch_rng=torch.get_rng_state(), seed_rng=s.seed_rng.bit_generator.state,
+                    train_seconds=run.train_seconds, wall_seconds=run.wall_seconds()), path + ".tmp")
     os.replace(path + ".tmp", path)
     run.last_save = time.time()
 
 
 def load_checkpoint(run_dir):
-    """The run saved in run_dir: (its Config, the checkpoint dict). A file that is not a checkpoint of this
-    script gives one line and exit 2: torch's own messages run to pages (and suggest weights_only=False,
-    which would run whatever code the file holds)."""
+    """(Config, checkpoint dict) of the run in run_dir; any other file: one line, exit 2 (torch's own
+    messages run to pages and suggest weights_only=False, which would run whatever code the file holds)."""
     path = os.path.join(run_dir, "policy.pt")
     if not os.path.isfile(path):
         fail(f"no checkpoint at {path}")
@@ -750,21 +692,22 @@ def load_checkpoint(run_dir):
         cfg = Config(**ckpt["config"])
         if config_error(cfg):
             raise ValueError(f"its config: {config_error(cfg)}")
-        restore(new_state(cfg), ckpt)  # the weights fit the model
+        with torch.random.fork_rng():
+            load_state(cfg, ckpt)  # the weights fit the model
         return cfg, ckpt
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... on a bad file
         reason = str(e).strip().split("\n")[0].split(". ")[0][:120] or type(e).__name__  # first sentence
         fail(f"not a checkpoint written by control.py: {path} ({reason})")
 
 
-def new_state(cfg):
-    """The State of a new run: torch seeded, then the model built (its init draws from torch's RNG)."""
+def load_state(cfg, ckpt=None):
+    """A new run's State (torch seeded, then the model built: its init draws from torch's RNG), or the one a
+    checkpoint holds, RNG states included, with --lr / --critic-lr applied after the optimisers' state; with
+    anneal_lr and another budget its line goes on from its value at the checkpoint to 0 at the new total."""
     torch.manual_seed(cfg.seed)
-    return State(*build(cfg), seed_rng=np.random.default_rng([cfg.seed, 0]))
-
-
-def restore(s, ckpt):
-    """Load a checkpoint into the State s: weights, optimisers, counters and, when saved, the RNG states."""
+    s = State(*build(cfg), seed_rng=np.random.default_rng([cfg.seed, 0]))
+    if ckpt is None:
+        return s
     s.agent.load_state_dict(ckpt["agent"])
     s.actor_opt.load_state_dict(ckpt["actor_opt"])
     s.critic_opt.load_state_dict(ckpt["critic_opt"])
@@ -773,20 +716,11 @@ def restore(s, ckpt):
         torch.set_rng_state(ckpt["torch_rng"])
         s.seed_rng.bit_generator.state = ckpt["seed_rng"]
     else:  # a checkpoint from before the RNG states were saved: its seeds went on from (seed, update)
-        s.seed_rng = np.random.default_rng([ckpt["config"]["seed"], s.step])
-    return s
-
-
-def resume_state(cfg, ckpt):
-    """The State to go on from: --lr and --critic-lr apply after the optimisers' state is loaded; with
-    anneal_lr and another budget, the line goes on from its value at the checkpoint down to 0 at the new total."""
-    s = restore(new_state(cfg), ckpt)
+        s.seed_rng = np.random.default_rng([cfg.seed, s.step])
     for opt, lr in ((s.actor_opt, cfg.lr), (s.critic_opt, cfg.critic_lr)):
         opt.param_groups[0]["lr"] = lr
-    old_total = ckpt["config"]["total_steps"]
-    if cfg.anneal_lr and cfg.total_steps != old_total:
-        steps0, frac0 = s.lr_from
-        s.lr_from = (s.env_steps, max(0.0, frac0 * (1 - (s.env_steps - steps0) / (old_total - steps0))))
+    if cfg.anneal_lr and cfg.total_steps != ckpt["config"]["total_steps"]:  # from the last update's lr on
+        s.lr_from = (s.env_steps, ckpt["actor_opt"]["param_groups"][0]["lr"] / ckpt["config"]["lr"])
     return s
 
 
@@ -800,30 +734,24 @@ class Run:
     train_seconds: float = 0.0  # training time of the run so far (evaluations and checkpoints excluded)
     wall_before: float = 0.0  # wall seconds of the sessions before this one
     started: float = dataclasses.field(default_factory=time.time)
-    clock: float = dataclasses.field(default_factory=time.time)  # end of the last step
-    last_save: float = dataclasses.field(default_factory=time.time)
+    clock: float = 0.0  # end of the last step
+    last_save: float = 0.0
     prev_steps: int = 0  # env steps before the last update
-    signal: Optional[int] = None  # SIGINT or SIGTERM once received: the loop stops at the next step
+    signal: Optional[int] = None  # SIGINT or SIGTERM once received: the loop stops after the step
     evaluating: bool = False  # the final evaluation: a signal stops it at once (nothing to save)
 
     def wall_seconds(self):
         return self.wall_before + time.time() - self.started
 
 
-class Stopped(BaseException):
-    """Raised by the signal handler during the final evaluation."""
-
-
 def log_step(run, s, row):
-    """After each update: a periodic evaluation when due, the clocks, metrics.jsonl, TensorBoard, the bar; then
-    a checkpoint when save_every_seconds have passed since the last one (after the row: a resume finds it)."""
+    """After each update: an evaluation when due, metrics.jsonl, TensorBoard, the bar, a checkpoint when due."""
     cfg, now = run.cfg, time.time()
     run.train_seconds += now - run.clock
     if cfg.eval_every and s.env_steps // cfg.eval_every > run.prev_steps // cfg.eval_every:  # crossed k * every
         result = evaluate(cfg, s.agent, cfg.eval_episodes)
         row.update(eval_success_rate=result["success_rate"], eval_mean_return=result["mean_return"])
     row.update(wall_seconds=round(run.wall_seconds(), 3), train_seconds=round(run.train_seconds, 3))
-    run.prev_steps = s.env_steps
     run.metrics.write(json.dumps(row) + "\n")
     run.metrics.flush()
     log_scalars(run.tb, row, s.step)
@@ -831,7 +759,7 @@ def log_step(run, s, row):
     run.bar.set_postfix(outcome=f"{row['reward_mean']:.3f}", success=f"{row['success_rate']:.2f}")
     if cfg.save_every_seconds and time.time() - run.last_save >= cfg.save_every_seconds:
         save_checkpoint(run, s)
-    run.clock = time.time()
+    run.clock, run.prev_steps = time.time(), s.env_steps
 
 
 def log_scalars(tb, values, step):
@@ -856,36 +784,36 @@ def write_summary(run, s, result):
 def run_training(cfg, s, ckpt):
     """Train in cfg.out with the signals handled; checkpoint at the start, when due and at the end; evaluate;
     write summary.json. SIGINT / SIGTERM: stop after the step, save, say how to resume, exit 130 / 143."""
-    run = Run(cfg, open(os.path.join(cfg.out, "metrics.jsonl"), "a"),
-              train_seconds=ckpt.get("train_seconds", 0.0) if ckpt else 0.0,
-              wall_before=ckpt.get("wall_seconds", 0.0) if ckpt else 0.0)
+    run = Run(cfg, open(os.path.join(cfg.out, "metrics.jsonl"), "a"), train_seconds=(ckpt or {}).get(
+        "train_seconds", 0.0), wall_before=(ckpt or {}).get("wall_seconds", 0.0), prev_steps=s.env_steps)
     if cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter  # optional package, checked in check_run_folders
         run.tb = SummaryWriter(cfg.tensorboard)
 
-    def handler(signum, frame):
+    def handler(signum, frame):  # only a flag: the loop stops after its step; at once in the final evaluation
         run.signal = run.signal or signum
         if run.evaluating:
-            raise Stopped()
+            run.evaluating = False  # once: a second signal must not escape the except below
+            raise KeyboardInterrupt
     previous = {sig: signal.signal(sig, handler) for sig in EXIT}
-    result = None
     try:
         save_checkpoint(run, s)  # from the start on, a crash leaves a run that --resume continues
         run.bar = tqdm(total=cfg.total_steps, initial=min(s.env_steps, cfg.total_steps), unit="step",
                        desc=f"{cfg.env} {cfg.algo}", dynamic_ncols=True)
-        run.clock, run.prev_steps = time.time(), s.env_steps
+        run.clock = time.time()
         try:
             train(cfg, s, run)
         except ValueError as e:  # a broken outcome function: keep what was learnt, then stop
+            run.bar.close()
             save_checkpoint(run, s)
             fail(f"{e}; saved {cfg.out}")
         run.bar.close()
         save_checkpoint(run, s)
-        run.evaluating = run.signal is None
+        result, run.evaluating = None, run.signal is None
         try:
             result = evaluate(cfg, s.agent, cfg.eval_episodes) if run.evaluating else None
-        except Stopped:
-            result = None
+        except KeyboardInterrupt:
+            pass
         finally:
             run.evaluating = False
         log_scalars(run.tb, {f"final_{k}": v for k, v in (result or {}).items()}, s.step)
@@ -905,16 +833,14 @@ def run_training(cfg, s, ckpt):
 
 def evaluate_saved(given):
     """--eval DIR: the saved policy on the evaluation seeds, printed as JSON. Writes nothing."""
-    if given.get("overwrite") or given.get("tensorboard"):
-        fail("--eval writes nothing: --overwrite and --tensorboard are for training")
+    if any(given.get(k) for k in ("out", "overwrite", "tensorboard")):
+        fail("--eval writes nothing: --out, --overwrite and --tensorboard are for training")
     saved, ckpt = load_checkpoint(given["eval"])
-    for name in given:
-        if name not in ("eval", "eval_episodes", "num_envs", "threads") and given[name] != getattr(saved, name):
-            fail(f"{flag(name)} {given[name]} contradicts the run in {given['eval']} ({name} "
-                 f"{getattr(saved, name)}); --eval takes only --eval-episodes, --num-envs, --threads")
-    cfg = make_config({**{k: v for k, v in dataclasses.asdict(saved).items() if k not in PLUMBING}, **given})
+    cfg, _ = saved_config(given, saved, given["eval"], ("eval_episodes", "num_envs", "threads"),
+                          "--eval takes only --eval-episodes, --num-envs, --threads")
     torch.set_num_threads(cfg.threads)
-    result = evaluate(cfg, restore(new_state(cfg), ckpt).agent, cfg.eval_episodes)
+    with torch.random.fork_rng():
+        result = evaluate(cfg, load_state(cfg, ckpt).agent, cfg.eval_episodes)
     print(json.dumps(dict(env=cfg.env, algo=cfg.algo, seed=cfg.seed, eval_episodes=cfg.eval_episodes,
                           task_measure=measure_key(cfg.env), **result)))
     return result
@@ -925,24 +851,23 @@ def main(argv=None):
     if given.get("eval") and not given.get("resume"):
         return evaluate_saved(given)
     ckpt, changes = None, []
-    if given.get("resume"):  # the saved config; flags given (such as a larger --total-steps) override it
+    if given.get("resume"):  # the saved config under the flags given (such as a larger --total-steps)
         saved, ckpt = load_checkpoint(given["resume"])
-        cfg, changes = resume_config(given, saved)
+        free = [f.name for f in dataclasses.fields(Config) if f.name not in FIXED]
+        cfg, changes = saved_config(given, saved, given["resume"], free, f"a resumed run keeps its {', '.join(FIXED)}")
     else:
         cfg = make_config(given)
     check_run_folders(cfg)
     try:
-        start_run_folder(cfg, ckpt)
+        start_run_folder(cfg, ckpt and ckpt["update"])
     except OSError as e:
         fail(f"cannot write to --out {cfg.out}: {e}")
-    for line in changes:
+    for line in changes:  # applied, and said so
         print(line, file=sys.stderr)
-    where = f"writing {cfg.out} ({', '.join(RUN_FILES)})"
-    where += f", resuming {cfg.resume} at step {ckpt['update']}" if ckpt else ""
-    print(where + (f", TensorBoard events in {cfg.tensorboard}" if cfg.tensorboard else ""), file=sys.stderr)
+    print(f"writing {cfg.out} ({', '.join(RUN_FILES)})" + (f", resuming {cfg.resume} at step {ckpt['update']}"
+          if ckpt else "") + (f", TensorBoard events in {cfg.tensorboard}" if cfg.tensorboard else ""), file=sys.stderr)
     torch.set_num_threads(cfg.threads)
-    s = resume_state(cfg, ckpt) if ckpt else new_state(cfg)
-    summary = run_training(cfg, s, ckpt)
+    summary = run_training(cfg, load_state(cfg, ckpt), ckpt)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     return summary
 
