@@ -112,10 +112,11 @@ class State:
 # ---- the method: training loop and step functions ----
 def train(cfg, s, run):
     """The loop: rollout, score, update, until total_steps env steps or a signal; log_step is plumbing."""
-    envs = make_envs(cfg.env, cfg.num_envs)
+    envs, per_seed = make_envs(cfg.env, cfg.num_envs), cfg.group_size if cfg.algo == "grpo" else 1
     while s.env_steps < cfg.total_steps and run.signal is None:
         lr = set_lr(cfg, s)
-        batch = rollout(envs, s.agent, episode_seeds(cfg, s.seed_rng))
+        seeds = np.repeat(s.seed_rng.integers(0, EVAL_SEED0, cfg.episodes // per_seed), per_seed)  # grpo: groups
+        batch = rollout(envs, s.agent, seeds)
         score(cfg.env, batch)
         stats = update(cfg, s, batch)
         s.env_steps += int(batch.length.sum())
@@ -133,13 +134,6 @@ def set_lr(cfg, s):
     for opt, lr in ((s.actor_opt, cfg.lr), (s.critic_opt, cfg.critic_lr)):
         opt.param_groups[0]["lr"] = lr * frac
     return cfg.lr * frac
-
-
-def episode_seeds(cfg, rng):
-    """This update's episode seeds, all below EVAL_SEED0; grpo: group_size consecutive episodes per seed."""
-    if cfg.algo == "grpo":
-        return np.repeat(rng.integers(0, EVAL_SEED0, cfg.episodes // cfg.group_size), cfg.group_size)
-    return rng.integers(0, EVAL_SEED0, cfg.episodes)
 
 
 def rollout(envs, agent, seeds):
@@ -377,8 +371,7 @@ def start_episodes(envs, which, seeds, obs=None):
         start = np.stack([CARTPOLE.reset(seed=int(s))[0] for s in seeds])
         cp.state[:, which], cp.steps[which], cp.prev_done[which] = start.T, 0, False
         return cp.state.T.astype(np.float32), x
-    # the sync vector env's sub-envs are reset one by one, as SyncVectorEnv.reset(options={"reset_mask": ...})
-    space = envs.single_observation_space
+    space = envs.single_observation_space  # the others: each sub-env of the sync vector env reset on its own
     obs = np.zeros((n, *space.shape), space.dtype) if obs is None else obs.copy()
     for i, s in zip(np.flatnonzero(which), seeds):
         obs[i], info = envs.envs[i].reset(seed=int(s))
@@ -437,11 +430,10 @@ def forward_distance(b):
     return b.x_end - b.x_start
 
 
-# Per env: outcome(batch) -> [0, 1] and success(batch) -> bool read the finished episodes only (Batch's fields).
-# measure: (name, fn) the task measure in its own units; evaluate() reports "mean_{name}" and summary.json
-# names that key in "task_measure". degenerate: why a constant, random or standing-still policy cannot succeed
-# (tested). config: the env's defaults; algo_config: per-algorithm defaults over them (the tuning's winners);
-# a flag given overrides both.
+# Per env: outcome(batch) -> [0, 1] and success(batch) -> bool read the finished episodes (Batch's fields) only.
+# measure: (name, fn), the task in its own units (evaluate() reports "mean_{name}", summary.json names the key
+# in "task_measure"). degenerate: why a constant, random or standing-still policy cannot succeed (tested).
+# config: the env's defaults; algo_config: per-algorithm defaults over them (the tuning's); flags win.
 ENVS = {
     "CartPole-v1": dict(  # graded by the steps balanced
         outcome=lambda b: b.length / 500.0, success=lambda b: b.length >= 500,
@@ -511,14 +503,6 @@ def flag(name):
     return "--" + name.replace("_", "-")
 
 
-def flag_help(f):
-    """The field's help and default, then the other defaults ENVS sets per env and per env and algorithm."""
-    layers = [(env, spec["config"]) for env, spec in ENVS.items()]
-    layers += [(f"{env} {algo}", c) for env, spec in ENVS.items() for algo, c in spec["algo_config"].items()]
-    others = [f"{c[f.name]!r} for {where}" for where, c in layers if c.get(f.name, f.default) != f.default]
-    return f"{f.metadata['help']} (default: {', '.join([repr(f.default)] + others)})".replace("%", "%%")
-
-
 def parse_args(argv=None):
     """The flags given, as a dict of Config fields: only those given (SUPPRESS), so that defaults layer."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=(
@@ -526,11 +510,15 @@ def parse_args(argv=None):
         "ENVS[env]['algo_config'][algo] per env and algorithm (the tuning's winners); on --resume the saved "
         "run's settings; then the flags given."))
     p.error = fail  # one line, exit 2, for argparse's own errors too
+    layers = [(env, spec["config"]) for env, spec in ENVS.items()]
+    layers += [(f"{env} {algo}", c) for env, spec in ENVS.items() for algo, c in spec["algo_config"].items()]
     for f in dataclasses.fields(Config):
+        defaults = [repr(f.default)] + [f"{c[f.name]!r} for {where}" for where, c in layers
+                                        if c.get(f.name, f.default) != f.default]
         kind = (dict(action=argparse.BooleanOptionalAction) if f.type is bool else
                 dict(type=f.type, metavar="DIR" if f.name in ("out", "resume", "eval", "tensorboard") else None))
-        p.add_argument(flag(f.name), default=argparse.SUPPRESS, help=flag_help(f),
-                       choices={"env": list(ENVS), "algo": ALGOS}.get(f.name), **kind)
+        p.add_argument(flag(f.name), default=argparse.SUPPRESS, choices={"env": ENVS, "algo": ALGOS}.get(f.name),
+                       help=f"{f.metadata['help']} (default: {', '.join(defaults)})".replace("%", "%%"), **kind)
     return vars(p.parse_args(argv))
 
 
@@ -664,18 +652,6 @@ def write_atomic(path, text):
     os.replace(path + ".tmp", path)
 
 
-def save_checkpoint(run, s):
-    """policy.pt, atomically (a temporary file, then os.replace): what is learnt, the RNG states and clocks.
-    A signal during it only sets run.signal, so a second Ctrl-C cannot cut it short."""
-    path = os.path.join(run.cfg.out, "policy.pt")
-    torch.save(dict(config=dataclasses.asdict(run.cfg), agent=s.agent.state_dict(), env_steps=s.env_steps,
-                    actor_opt=s.actor_opt.state_dict(), critic_opt=s.critic_opt.state_dict(), update=s.step,
-                    lr_from=s.lr_from, torch_rng=torch.get_rng_state(), seed_rng=s.seed_rng.bit_generator.state,
-                    train_seconds=run.train_seconds, wall_seconds=run.wall_seconds()), path + ".tmp")
-    os.replace(path + ".tmp", path)
-    run.last_save = time.time()
-
-
 def load_checkpoint(run_dir):
     """(Config, checkpoint dict) of the run in run_dir; any other file: one line, exit 2 (torch's own
     messages run to pages and suggest weights_only=False, which would run whatever code the file holds)."""
@@ -703,7 +679,7 @@ def load_checkpoint(run_dir):
 def load_state(cfg, ckpt=None):
     """A new run's State (torch seeded, then the model built: its init draws from torch's RNG), or the one a
     checkpoint holds, RNG states included, with --lr / --critic-lr applied after the optimisers' state; with
-    anneal_lr and another budget its line goes on from its value at the checkpoint to 0 at the new total."""
+    anneal_lr and another budget the lr goes on from the last update's down to 0 at the new total."""
     torch.manual_seed(cfg.seed)
     s = State(*build(cfg), seed_rng=np.random.default_rng([cfg.seed, 0]))
     if ckpt is None:
@@ -719,7 +695,7 @@ def load_state(cfg, ckpt=None):
         s.seed_rng = np.random.default_rng([cfg.seed, s.step])
     for opt, lr in ((s.actor_opt, cfg.lr), (s.critic_opt, cfg.critic_lr)):
         opt.param_groups[0]["lr"] = lr
-    if cfg.anneal_lr and cfg.total_steps != ckpt["config"]["total_steps"]:  # from the last update's lr on
+    if cfg.anneal_lr and cfg.total_steps != ckpt["config"]["total_steps"]:
         s.lr_from = (s.env_steps, ckpt["actor_opt"]["param_groups"][0]["lr"] / ckpt["config"]["lr"])
     return s
 
@@ -729,19 +705,27 @@ class Run:
     """The plumbing of one training session: files, clocks (over all sessions of the run), bar, signal."""
     cfg: Config
     metrics: object  # metrics.jsonl, opened for appending
+    t0: float  # when the run would have started had it never stopped: wall seconds = now - t0
+    train_seconds: float = 0.0  # of the whole run: evaluations and checkpoint writes excluded
+    prev_steps: int = 0  # env steps before the last update
     tb: object = None  # TensorBoard SummaryWriter, or None
-    bar: object = None
-    train_seconds: float = 0.0  # training time of the run so far (evaluations and checkpoints excluded)
-    wall_before: float = 0.0  # wall seconds of the sessions before this one
-    started: float = dataclasses.field(default_factory=time.time)
+    bar: object = None  # tqdm
     clock: float = 0.0  # end of the last step
     last_save: float = 0.0
-    prev_steps: int = 0  # env steps before the last update
     signal: Optional[int] = None  # SIGINT or SIGTERM once received: the loop stops after the step
     evaluating: bool = False  # the final evaluation: a signal stops it at once (nothing to save)
 
-    def wall_seconds(self):
-        return self.wall_before + time.time() - self.started
+
+def save_checkpoint(run, s):
+    """policy.pt, atomically (a temporary file, then os.replace): what is learnt, the RNG states and clocks.
+    A signal during it only sets run.signal, so a second Ctrl-C cannot cut it short."""
+    path = os.path.join(run.cfg.out, "policy.pt")
+    torch.save(dict(config=dataclasses.asdict(run.cfg), agent=s.agent.state_dict(), env_steps=s.env_steps,
+                    actor_opt=s.actor_opt.state_dict(), critic_opt=s.critic_opt.state_dict(), update=s.step,
+                    lr_from=s.lr_from, torch_rng=torch.get_rng_state(), seed_rng=s.seed_rng.bit_generator.state,
+                    train_seconds=run.train_seconds, wall_seconds=time.time() - run.t0), path + ".tmp")
+    os.replace(path + ".tmp", path)
+    run.last_save = time.time()
 
 
 def log_step(run, s, row):
@@ -751,7 +735,7 @@ def log_step(run, s, row):
     if cfg.eval_every and s.env_steps // cfg.eval_every > run.prev_steps // cfg.eval_every:  # crossed k * every
         result = evaluate(cfg, s.agent, cfg.eval_episodes)
         row.update(eval_success_rate=result["success_rate"], eval_mean_return=result["mean_return"])
-    row.update(wall_seconds=round(run.wall_seconds(), 3), train_seconds=round(run.train_seconds, 3))
+    row.update(wall_seconds=round(now - run.t0, 3), train_seconds=round(run.train_seconds, 3))
     run.metrics.write(json.dumps(row) + "\n")
     run.metrics.flush()
     log_scalars(run.tb, row, s.step)
@@ -773,7 +757,7 @@ def write_summary(run, s, result):
     """summary.json, atomically. result None (a stopped run): the evaluation fields null, interrupted true."""
     cfg, train_seconds = run.cfg, run.train_seconds
     summary = dict(env=cfg.env, algo=cfg.algo, seed=cfg.seed, env_steps=s.env_steps, updates=s.step,
-                   wall_seconds=round(run.wall_seconds(), 2), train_seconds=round(train_seconds, 2),
+                   wall_seconds=round(time.time() - run.t0, 2), train_seconds=round(train_seconds, 2),
                    steps_per_second=round(s.env_steps / max(train_seconds, 1e-9), 1), interrupted=result is None,
                    eval_episodes=cfg.eval_episodes, task_measure=measure_key(cfg.env),
                    **(result or dict.fromkeys((*EVAL_KEYS, measure_key(cfg.env)))), config=dataclasses.asdict(cfg))
@@ -784,8 +768,9 @@ def write_summary(run, s, result):
 def run_training(cfg, s, ckpt):
     """Train in cfg.out with the signals handled; checkpoint at the start, when due and at the end; evaluate;
     write summary.json. SIGINT / SIGTERM: stop after the step, save, say how to resume, exit 130 / 143."""
-    run = Run(cfg, open(os.path.join(cfg.out, "metrics.jsonl"), "a"), train_seconds=(ckpt or {}).get(
-        "train_seconds", 0.0), wall_before=(ckpt or {}).get("wall_seconds", 0.0), prev_steps=s.env_steps)
+    ckpt = ckpt or {}
+    run = Run(cfg, open(os.path.join(cfg.out, "metrics.jsonl"), "a"), time.time() - ckpt.get("wall_seconds", 0),
+              ckpt.get("train_seconds", 0.0), s.env_steps)
     if cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter  # optional package, checked in check_run_folders
         run.tb = SummaryWriter(cfg.tensorboard)
@@ -814,8 +799,7 @@ def run_training(cfg, s, ckpt):
             result = evaluate(cfg, s.agent, cfg.eval_episodes) if run.evaluating else None
         except KeyboardInterrupt:
             pass
-        finally:
-            run.evaluating = False
+        run.evaluating = False
         log_scalars(run.tb, {f"final_{k}": v for k, v in (result or {}).items()}, s.step)
         summary = write_summary(run, s, result)
     finally:
