@@ -5,12 +5,10 @@
     python control.py --resume DIR [--total-steps N]           # continues the run in DIR
     python control.py --help                                   # every flag, with its defaults per env
 
-RLVR mode: the "prompt" is the first observation after env.reset(seed=s), the "action sequence" is every
-action until the episode ends, and the learner sees ONE outcome R in [0, 1] computed from the finished episode.
-  sppo: A = R - sigmoid(V(s_0)) on every step of the episode; the critic learns BCE(V(s_0), R).
-  ppo : token-level baseline: a critic V(s_t) on every step, R on the last step only, GAE.
-  grpo: group_size episodes from the same seed, A = (R - group mean) / group std, no critic.
-All three use the PPO clipped loss; the math is in sppo.py. The file, top to bottom:
+The "prompt" is the first observation after env.reset(seed=s), the "action sequence" every action until the
+episode ends; the learner sees ONE outcome R in [0, 1] of the finished episode. sppo: A = R - sigmoid(V(s_0))
+on every step, critic BCE(V(s_0), R); ppo: critic V(s_t), R on the last step, GAE; grpo: group_size episodes
+per seed, A = (R - group mean) / group std. All use sppo.py's PPO clipped loss. The file, top to bottom:
   Config, Batch, State   every flag; what rollout returns and update reads; what a checkpoint holds
   the method             train (the loop), rollout, score, update, advantages (sppo | grpo | ppo), evaluate
   models and envs        Agent (actor, critic, observation norm, sample), make_envs, start_episodes, step_busy
@@ -59,7 +57,7 @@ class Config:
     update_epochs: int = arg(8, "passes over each batch of episodes")
     num_minibatches: int = arg(4, "minibatches per pass (over all valid steps of the batch)")
     clip_eps: float = arg(0.2, "PPO clip range epsilon")
-    dual_clip: float = arg(3.0, "dual-clip c on negative advantages (verl's default, the authors' too); 0 = off")
+    dual_clip: float = arg(3.0, "dual-clip c on negative advantages (verl's default, the authors'); 0 = off")
     gamma: float = arg(1.0, "ppo only: GAE discount; 1 = the outcome is not discounted, as in verl's PPO")
     lam: float = arg(0.95, "ppo only: GAE lambda")
     max_grad_norm: float = arg(0.5, "gradient clipping of actor and critic")
@@ -74,12 +72,12 @@ class Config:
     eval: str = arg("", "re-evaluate the policy saved in DIR, print the result as JSON, write nothing")
     overwrite: bool = arg(False, "replace an earlier run in --out (and its TensorBoard event files)")
     tensorboard: str = arg("", "also log the metrics to TensorBoard event files in DIR")
-    save_every_seconds: float = arg(60.0, "checkpoint every this many seconds (0 = at the end and on a signal)")
+    save_every_seconds: float = arg(60.0, "checkpoint every this many seconds (0: at the end, on a signal)")
 
 
 @dataclasses.dataclass
 class Batch:
-    """One update's episodes (episode j in column j, padded): rollout fills it, score and advantages add to it."""
+    """One update's episodes (episode j in column j, padded): rollout fills it, score and advantages add."""
     obs: torch.Tensor  # [T, E, obs_dim] observation before each action; obs[0] is the prompt s_0
     actions: torch.Tensor  # [T, E] (discrete) or [T, E, act_dim] sampled actions, before clipping to the box
     logp: torch.Tensor  # [T, E] log pi_old(a_t | s_t), float32
@@ -114,8 +112,11 @@ def train(cfg, s, run):
     """The loop: rollout, score, update, until total_steps env steps or a signal; log_step is plumbing."""
     envs, per_seed = make_envs(cfg.env, cfg.num_envs), cfg.group_size if cfg.algo == "grpo" else 1
     while s.env_steps < cfg.total_steps and run.signal is None:
-        lr = set_lr(cfg, s)
-        seeds = np.repeat(s.seed_rng.integers(0, EVAL_SEED0, cfg.episodes // per_seed), per_seed)  # grpo: groups
+        steps0, frac0 = s.lr_from  # anneal_lr: lr * (1 - progress), from s.lr_from on (a resume may move it)
+        frac = frac0 * (1 - (s.env_steps - steps0) / (cfg.total_steps - steps0)) if cfg.anneal_lr else 1.0
+        for opt, lr in ((s.actor_opt, cfg.lr), (s.critic_opt, cfg.critic_lr)):
+            opt.param_groups[0]["lr"] = lr * frac
+        seeds = np.repeat(s.seed_rng.integers(0, EVAL_SEED0, cfg.episodes // per_seed), per_seed)  # groups
         batch = rollout(envs, s.agent, seeds)
         score(cfg.env, batch)
         stats = update(cfg, s, batch)
@@ -123,23 +124,14 @@ def train(cfg, s, run):
         s.step += 1
         log_step(run, s, dict(step=s.step, env_steps=s.env_steps, reward_mean=float(batch.outcome.mean()),
                               success_rate=float(np.mean(batch.success)), mean_return=float(batch.ret.mean()),
-                              lr=lr, **stats))
+                              lr=cfg.lr * frac, **stats))
     envs.close()
-
-
-def set_lr(cfg, s):
-    """Both lrs for this update. anneal_lr: lr * (1 - progress), progress from the env steps (from s.lr_from)."""
-    steps0, frac0 = s.lr_from
-    frac = frac0 * (1 - (s.env_steps - steps0) / (cfg.total_steps - steps0)) if cfg.anneal_lr else 1.0
-    for opt, lr in ((s.actor_opt, cfg.lr), (s.critic_opt, cfg.critic_lr)):
-        opt.param_groups[0]["lr"] = lr * frac
-    return cfg.lr * frac
 
 
 def rollout(envs, agent, seeds):
     """Play one episode per seed, envs.num_envs at a time; a sub-env that ends starts the next seed at once.
     The batch ends when all its episodes have, so long episodes are not under-sampled. The loop runs once per
-    env step, so it stays in numpy: arrays filled in place, and the policy as numpy_sampler (= Agent.sample)."""
+    env step, so it stays in numpy: arrays filled in place, the policy as numpy_sampler (= Agent.sample)."""
     n, n_env, max_t = len(seeds), envs.num_envs, envs.spec.max_episode_steps
     space = envs.single_action_space
     ep = dict(ret=np.zeros(n), length=np.zeros(n, dtype=np.int64), min_x=np.zeros(n), max_x=np.zeros(n),
@@ -217,7 +209,7 @@ def update(cfg, s, batch):
         for idx in sppo.minibatches(n, cfg.num_minibatches):
             dist = agent.dist(obs[idx])
             logp = agent.log_prob(dist, actions[idx])
-            # L = -token_mean(min(r A, clip(r, 1 - eps, 1 + eps) A)), r = exp(logp - old_logp), >= c A if A < 0
+            # L = -token_mean(min(r A, clip(r, 1 - eps, 1 + eps) A)), r = exp(logp - old_logp); >= c A, A < 0
             loss, pstats = sppo.policy_loss(logp, old_logp[idx], adv[idx], ones.expand_as(logp), cfg.clip_eps,
                                             cfg.dual_clip or None)
             if cfg.ent_coef:  # the bonus needs the entropy's gradient; else it is only reported (below)
@@ -263,7 +255,8 @@ def evaluate(cfg, agent, episodes):
         b = rollout(envs, agent, np.arange(EVAL_SEED0, EVAL_SEED0 + episodes))
     envs.close()
     spec = ENVS[cfg.env]
-    return {"success_rate": float(np.mean(spec["success"](b))), "mean_outcome": float(np.mean(spec["outcome"](b))),
+    return {"success_rate": float(np.mean(spec["success"](b))),
+            "mean_outcome": float(np.mean(spec["outcome"](b))),
             "mean_return": float(np.mean(b.ret)), "mean_length": float(np.mean(b.length)),
             measure_key(cfg.env): float(np.mean(spec["measure"][1](b)))}
 
@@ -271,7 +264,8 @@ def evaluate(cfg, agent, episodes):
 # ---- models and envs ----
 def mlp(n_in, n_out, hidden, out_std):
     """Two tanh hidden layers, orthogonal init (as CleanRL's PPO)."""
-    layers = [nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, n_out)]
+    layers = [nn.Linear(n_in, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+              nn.Linear(hidden, n_out)]
     for layer, std in zip(layers[::2], (2**0.5, 2**0.5, out_std)):
         nn.init.orthogonal_(layer.weight, std)
         nn.init.zeros_(layer.bias)
@@ -298,8 +292,7 @@ class Agent(nn.Module):
         return ((obs - self.obs_mean) / torch.sqrt(self.obs_var + 1e-8)).clamp(-10, 10)
 
     @torch.no_grad()
-    def update_obs_stats(self, obs):
-        """Parallel mean/variance update (Chan et al.), as gymnasium's RunningMeanStd."""
+    def update_obs_stats(self, obs):  # parallel mean and variance (Chan et al.): gymnasium's RunningMeanStd
         n, mean, var = obs.shape[0], obs.mean(0), obs.var(0, unbiased=False)
         delta, total = mean - self.obs_mean, self.obs_count + n
         m2 = self.obs_var * self.obs_count + var * n + delta**2 * self.obs_count * n / total
@@ -324,8 +317,7 @@ class Agent(nn.Module):
             action = (dist.probs.cumsum(-1) <= noise).sum(-1).clamp(max=dist.probs.shape[-1] - 1)
         return action, self.log_prob(dist, action)
 
-    def sampler(self, rng):
-        """What rollout calls: numpy_sampler (speed section), sample's numbers from rng's noise, in numpy."""
+    def sampler(self, rng):  # what rollout calls: sample's numbers in numpy (speed section)
         return numpy_sampler(self, rng)
 
     def log_prob(self, dist, action):
@@ -380,9 +372,8 @@ def start_episodes(envs, which, seeds, obs=None):
 
 
 def step_busy(envs, action, on, obs):
-    """Step only the sub-envs where `on` is True (gymnasium steps all: near a batch's end most are idle, and
-    on LunarLander and Hopper those steps cost more than the real ones); the batched CartPole steps all at
-    the cost of one (start_episodes undoes its autoreset). -> obs, reward, terminated, truncated, x (or None)."""
+    """Step only the sub-envs where `on` is True (gymnasium steps all, and near a batch's end most are idle);
+    the batched CartPole steps all at the cost of one (start_episodes undoes its autoreset)."""
     if isinstance(envs.unwrapped, CartPoleVectorEnv):
         return *envs.step(action)[:4], None
     n, obs = envs.num_envs, obs.copy()
@@ -430,7 +421,7 @@ def forward_distance(b):
     return b.x_end - b.x_start
 
 
-# Per env: outcome(batch) -> [0, 1] and success(batch) -> bool read the finished episodes (Batch's fields) only.
+# Per env: outcome(batch) -> [0, 1] and success(batch) -> bool read only the finished episodes (Batch).
 # measure: (name, fn), the task in its own units (evaluate() reports "mean_{name}", summary.json names the key
 # in "task_measure"). degenerate: why a constant, random or standing-still policy cannot succeed (tested).
 # config: the env's defaults; algo_config: per-algorithm defaults over them (the tuning's); flags win.
@@ -454,18 +445,16 @@ ENVS = {
     "LunarLander-v3": dict(  # graded: normalised return, 300 and above gives 1
         outcome=lambda b: np.clip((b.ret + 200.0) / 500.0, 0.0, 1.0), success=lambda b: b.ret >= 200,
         measure=("return", lambda b: b.ret),  # the env's reward is the task: land softly on the pad
-        degenerate="200 needs a soft landing on the pad (+100 at rest, ~+140 for getting there, legs down) "
-                   "with little fuel: idle or random engines crash (-100), firing one engine flies off or "
-                   "spins, hovering burns fuel for 1000 steps",
+        degenerate="200 needs a soft landing on the pad with little fuel: idle or random engines crash, one "
+                   "engine flies off or spins, hovering burns fuel for 1000 steps",
         config=dict(total_steps=2_000_000), algo_config={}),  # 8 epochs: 0.96 on seeds 101-103, 16: 0.45
     "Pendulum-v1": dict(  # graded: normalised return, 0 is the best possible; success: swung up and held
         outcome=lambda b: np.clip(1.0 + b.ret / 1500.0, 0.0, 1.0),
         success=lambda b: balanced(b, since=100, max_angle=0.5),
         measure=("return", lambda b: b.ret),  # the env's cost is the task: upright, still, little torque
-        degenerate="success is within 0.5 rad of upright at every step of the second half (the motor holds "
-                   "0.41 rad at most): the torque is too weak to lift it directly and upright is unstable, so "
-                   "a constant or random torque leaves it hanging or swinging (return >= -200 was dropped: a "
-                   "near-optimal controller fails it from 28% of the starts, bench/pendulum_ceiling.py)",
+        degenerate="success is within 0.5 rad of upright at every step of the second half: the torque is too "
+                   "weak to lift it directly and upright is unstable, so it keeps hanging or swinging "
+                   "(return >= -200 was dropped: a near-optimal controller fails it from 28% of the starts)",
         # 32 hidden units (was 64): the update costs less, and learning held (bench/control_ablation.py)
         config=dict(total_steps=2_000_000, num_envs=64, episodes=64, hidden=32), algo_config={}),
     "Hopper-v5": dict(  # graded by the forward distance (the return pays +1 a step for standing)
@@ -515,10 +504,12 @@ def parse_args(argv=None):
     for f in dataclasses.fields(Config):
         defaults = [repr(f.default)] + [f"{c[f.name]!r} for {where}" for where, c in layers
                                         if c.get(f.name, f.default) != f.default]
+        dirs = ("out", "resume", "eval", "tensorboard")
         kind = (dict(action=argparse.BooleanOptionalAction) if f.type is bool else
-                dict(type=f.type, metavar="DIR" if f.name in ("out", "resume", "eval", "tensorboard") else None))
-        p.add_argument(flag(f.name), default=argparse.SUPPRESS, choices={"env": ENVS, "algo": ALGOS}.get(f.name),
-                       help=f"{f.metadata['help']} (default: {', '.join(defaults)})".replace("%", "%%"), **kind)
+                dict(type=f.type, metavar="DIR" if f.name in dirs else None))
+        p.add_argument(flag(f.name), default=argparse.SUPPRESS, **kind,
+                       choices={"env": ENVS, "algo": ALGOS}.get(f.name),
+                       help=f"{f.metadata['help']} (default: {', '.join(defaults)})".replace("%", "%%"))
     return vars(p.parse_args(argv))
 
 
@@ -530,9 +521,11 @@ RULES = {  # what each setting must be beyond its type (and, for a float, being 
     "seed": (lambda v: 0 <= v < 2**64, "in [0, 2**64)"),  # torch.manual_seed takes no more
     "total_steps": POSITIVE, "num_envs": POSITIVE, "episodes": POSITIVE, "group_size": POSITIVE,
     "lr": POSITIVE, "critic_lr": POSITIVE, "update_epochs": POSITIVE, "num_minibatches": POSITIVE,
-    "clip_eps": (lambda v: 0 < v < 1, "in (0, 1)"), "dual_clip": (lambda v: v == 0 or v > 1, "0 (off) or > 1"),
+    "clip_eps": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "dual_clip": (lambda v: v == 0 or v > 1, "0 (off) or > 1"),
     "gamma": UNIT, "lam": UNIT, "max_grad_norm": POSITIVE, "ent_coef": AT_LEAST_0, "hidden": POSITIVE,
-    "eval_episodes": POSITIVE, "eval_every": AT_LEAST_0, "threads": POSITIVE, "save_every_seconds": AT_LEAST_0,
+    "eval_episodes": POSITIVE, "eval_every": AT_LEAST_0, "threads": POSITIVE,
+    "save_every_seconds": AT_LEAST_0,
 }
 
 
@@ -562,8 +555,7 @@ def config_error(cfg):
 
 
 def make_config(given):
-    """Config's defaults, the env's, the env and algorithm's, then the flags given; refuse impossible settings.
-    Creates nothing on disk: the run folder is made only once every check has passed (start_run_folder)."""
+    """Config's defaults, the env's, the env and algorithm's, the flags given; impossible ones refused."""
     spec = ENVS.get(given.get("env", Config.env), dict(config={}, algo_config={}))
     cfg = Config(**{**spec["config"], **spec["algo_config"].get(given.get("algo", Config.algo), {}), **given})
     if config_error(cfg):
@@ -577,8 +569,8 @@ def saved_config(given, saved, run_dir, free, why):
     """The saved run's settings under the flags given; a flag not in free that differs is refused."""
     for name in given:
         if name not in free and name not in PLUMBING and given[name] != getattr(saved, name):
-            fail(f"{flag(name)} {given[name]} contradicts the run in {run_dir} ({name} {getattr(saved, name)}); "
-                 f"{why}")
+            fail(f"{flag(name)} {given[name]} contradicts the run in {run_dir} "
+                 f"({name} {getattr(saved, name)}); {why}")
     kept = {k: v for k, v in dataclasses.asdict(saved).items() if k not in PLUMBING}
     changes = [f"resume: {flag(k)} {kept[k]} -> {v}" for k, v in given.items() if k in kept and v != kept[k]]
     return make_config({**kept, **given, "out": given.get("out") or run_dir}), changes
@@ -586,8 +578,6 @@ def saved_config(given, saved, run_dir, free, why):
 
 def folder_error(path):
     """Why a folder could not be made or written at path, or None. Creates nothing."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        return "it is a file"
     parent = os.path.abspath(path)
     while not os.path.exists(parent):  # the nearest existing folder is where the new ones would be made
         parent = os.path.dirname(parent)
@@ -597,8 +587,7 @@ def folder_error(path):
 
 
 def check_run_folders(cfg):
-    """The folders must be writable, and a run must not land on an earlier run (its results would be lost)
-    unless it continues that run in place (--resume DIR) or --overwrite says so."""
+    """Writable folders, and no earlier run in --out unless resumed in place or --overwrite says so."""
     for name, path in (("--out", cfg.out), ("--tensorboard", cfg.tensorboard)):
         if path and folder_error(path):
             fail(f"cannot write to {name} {path}: {folder_error(path)}")
@@ -618,9 +607,8 @@ def in_place(cfg):
 
 
 def start_run_folder(cfg, step):
-    """Make --out once every check has passed. A new run (or branch) replaces an earlier one and the TensorBoard
-    events its config.json names; a resume keeps the metrics rows up to its checkpoint's step (a crash may
-    have left later ones, or half a line), a branch (--resume DIR --out OTHER) copies those."""
+    """Make --out, once every check has passed. A new run or a branch replaces an earlier run there (and the
+    TensorBoard events its config.json names); a resume or branch keeps the rows up to its checkpoint."""
     os.makedirs(cfg.out, exist_ok=True)
     if not in_place(cfg):
         old = (read_jsonl(os.path.join(cfg.out, "config.json")) or [{}])[0].get("tensorboard")
@@ -630,13 +618,14 @@ def start_run_folder(cfg, step):
         for name in RUN_FILES:
             if os.path.exists(os.path.join(cfg.out, name)):
                 os.remove(os.path.join(cfg.out, name))
-    rows = [r for r in read_jsonl(os.path.join(cfg.resume, "metrics.jsonl")) if r["step"] <= step] if step else []
+    rows = read_jsonl(os.path.join(cfg.resume, "metrics.jsonl")) if step else []
+    rows = [r for r in rows if r["step"] <= step]  # a crash may have left later ones
     write_atomic(os.path.join(cfg.out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
     write_atomic(os.path.join(cfg.out, "config.json"), json.dumps(dataclasses.asdict(cfg)) + "\n")
 
 
 def read_jsonl(path):
-    """The rows of a JSON-lines file up to the first that does not parse (half written when a run was killed)."""
+    """The rows of a JSON-lines file up to the first that does not parse (half written by a killed run)."""
     rows = []
     for line in open(path) if os.path.exists(path) else []:
         try:
@@ -653,8 +642,7 @@ def write_atomic(path, text):
 
 
 def load_checkpoint(run_dir):
-    """(Config, checkpoint dict) of the run in run_dir; any other file: one line, exit 2 (torch's own
-    messages run to pages and suggest weights_only=False, which would run whatever code the file holds)."""
+    """(Config, checkpoint) of the run in run_dir; any other file: one line, exit 2, not torch's pages."""
     path = os.path.join(run_dir, "policy.pt")
     if not os.path.isfile(path):
         fail(f"no checkpoint at {path}")
@@ -677,9 +665,8 @@ def load_checkpoint(run_dir):
 
 
 def load_state(cfg, ckpt=None):
-    """A new run's State (torch seeded, then the model built: its init draws from torch's RNG), or the one a
-    checkpoint holds, RNG states included, with --lr / --critic-lr applied after the optimisers' state; with
-    anneal_lr and another budget the lr goes on from the last update's down to 0 at the new total."""
+    """A new run's State (torch seeded, then the model built), or a checkpoint's, RNG states included; the
+    lrs given apply after the optimisers' state; an annealed lr with a new budget goes on from its last."""
     torch.manual_seed(cfg.seed)
     s = State(*build(cfg), seed_rng=np.random.default_rng([cfg.seed, 0]))
     if ckpt is None:
@@ -691,8 +678,6 @@ def load_state(cfg, ckpt=None):
     if "torch_rng" in ckpt:
         torch.set_rng_state(ckpt["torch_rng"])
         s.seed_rng.bit_generator.state = ckpt["seed_rng"]
-    else:  # a checkpoint from before the RNG states were saved: its seeds went on from (seed, update)
-        s.seed_rng = np.random.default_rng([cfg.seed, s.step])
     for opt, lr in ((s.actor_opt, cfg.lr), (s.critic_opt, cfg.critic_lr)):
         opt.param_groups[0]["lr"] = lr
     if cfg.anneal_lr and cfg.total_steps != ckpt["config"]["total_steps"]:
@@ -702,7 +687,7 @@ def load_state(cfg, ckpt=None):
 
 @dataclasses.dataclass
 class Run:
-    """The plumbing of one training session: files, clocks (over all sessions of the run), bar, signal."""
+    """One training session's files, clocks (of the whole run), progress bar and signal."""
     cfg: Config
     metrics: object  # metrics.jsonl, opened for appending
     t0: float  # when the run would have started had it never stopped: wall seconds = now - t0
@@ -717,22 +702,22 @@ class Run:
 
 
 def save_checkpoint(run, s):
-    """policy.pt, atomically (a temporary file, then os.replace): what is learnt, the RNG states and clocks.
-    A signal during it only sets run.signal, so a second Ctrl-C cannot cut it short."""
+    """policy.pt, atomically (temporary file, os.replace); a signal during it only sets run.signal."""
     path = os.path.join(run.cfg.out, "policy.pt")
     torch.save(dict(config=dataclasses.asdict(run.cfg), agent=s.agent.state_dict(), env_steps=s.env_steps,
                     actor_opt=s.actor_opt.state_dict(), critic_opt=s.critic_opt.state_dict(), update=s.step,
-                    lr_from=s.lr_from, torch_rng=torch.get_rng_state(), seed_rng=s.seed_rng.bit_generator.state,
-                    train_seconds=run.train_seconds, wall_seconds=time.time() - run.t0), path + ".tmp")
+                    lr_from=s.lr_from, torch_rng=torch.get_rng_state(),
+                    seed_rng=s.seed_rng.bit_generator.state, train_seconds=run.train_seconds,
+                    wall_seconds=time.time() - run.t0), path + ".tmp")
     os.replace(path + ".tmp", path)
     run.last_save = time.time()
 
 
 def log_step(run, s, row):
-    """After each update: an evaluation when due, metrics.jsonl, TensorBoard, the bar, a checkpoint when due."""
+    """After each update: an evaluation when due, metrics.jsonl, TensorBoard, the bar, a checkpoint if due."""
     cfg, now = run.cfg, time.time()
     run.train_seconds += now - run.clock
-    if cfg.eval_every and s.env_steps // cfg.eval_every > run.prev_steps // cfg.eval_every:  # crossed k * every
+    if cfg.eval_every and s.env_steps // cfg.eval_every > run.prev_steps // cfg.eval_every:  # passed k * it
         result = evaluate(cfg, s.agent, cfg.eval_episodes)
         row.update(eval_success_rate=result["success_rate"], eval_mean_return=result["mean_return"])
     row.update(wall_seconds=round(now - run.t0, 3), train_seconds=round(run.train_seconds, 3))
@@ -758,19 +743,22 @@ def write_summary(run, s, result):
     cfg, train_seconds = run.cfg, run.train_seconds
     summary = dict(env=cfg.env, algo=cfg.algo, seed=cfg.seed, env_steps=s.env_steps, updates=s.step,
                    wall_seconds=round(time.time() - run.t0, 2), train_seconds=round(train_seconds, 2),
-                   steps_per_second=round(s.env_steps / max(train_seconds, 1e-9), 1), interrupted=result is None,
-                   eval_episodes=cfg.eval_episodes, task_measure=measure_key(cfg.env),
-                   **(result or dict.fromkeys((*EVAL_KEYS, measure_key(cfg.env)))), config=dataclasses.asdict(cfg))
+                   steps_per_second=round(s.env_steps / max(train_seconds, 1e-9), 1),
+                   interrupted=result is None, eval_episodes=cfg.eval_episodes,
+                   task_measure=measure_key(cfg.env),
+                   **(result or dict.fromkeys((*EVAL_KEYS, measure_key(cfg.env)))),
+                   config=dataclasses.asdict(cfg))
     write_atomic(os.path.join(cfg.out, "summary.json"), json.dumps(summary, indent=2))
     return summary
 
 
 def run_training(cfg, s, ckpt):
-    """Train in cfg.out with the signals handled; checkpoint at the start, when due and at the end; evaluate;
-    write summary.json. SIGINT / SIGTERM: stop after the step, save, say how to resume, exit 130 / 143."""
+    """Train, checkpointing at the start, when due and at the end; evaluate; summary.json. SIGINT / SIGTERM:
+    stop after the step, save, say how to resume, exit 130 / 143."""
     ckpt = ckpt or {}
-    run = Run(cfg, open(os.path.join(cfg.out, "metrics.jsonl"), "a"), time.time() - ckpt.get("wall_seconds", 0),
-              ckpt.get("train_seconds", 0.0), s.env_steps)
+    metrics = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
+    run = Run(cfg, metrics, t0=time.time() - ckpt.get("wall_seconds", 0.0),
+              train_seconds=ckpt.get("train_seconds", 0.0), prev_steps=s.env_steps)
     if cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter  # optional package, checked in check_run_folders
         run.tb = SummaryWriter(cfg.tensorboard)
@@ -838,7 +826,8 @@ def main(argv=None):
     if given.get("resume"):  # the saved config under the flags given (such as a larger --total-steps)
         saved, ckpt = load_checkpoint(given["resume"])
         free = [f.name for f in dataclasses.fields(Config) if f.name not in FIXED]
-        cfg, changes = saved_config(given, saved, given["resume"], free, f"a resumed run keeps its {', '.join(FIXED)}")
+        why = f"a resumed run keeps its {', '.join(FIXED)}"
+        cfg, changes = saved_config(given, saved, given["resume"], free, why)
     else:
         cfg = make_config(given)
     check_run_folders(cfg)
@@ -848,8 +837,9 @@ def main(argv=None):
         fail(f"cannot write to --out {cfg.out}: {e}")
     for line in changes:  # applied, and said so
         print(line, file=sys.stderr)
-    print(f"writing {cfg.out} ({', '.join(RUN_FILES)})" + (f", resuming {cfg.resume} at step {ckpt['update']}"
-          if ckpt else "") + (f", TensorBoard events in {cfg.tensorboard}" if cfg.tensorboard else ""), file=sys.stderr)
+    where = f"writing {cfg.out} ({', '.join(RUN_FILES)})"
+    where += f", resuming {cfg.resume} at step {ckpt['update']}" if ckpt else ""
+    print(where + (f", TensorBoard events in {cfg.tensorboard}" if cfg.tensorboard else ""), file=sys.stderr)
     torch.set_num_threads(cfg.threads)
     summary = run_training(cfg, load_state(cfg, ckpt), ckpt)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
