@@ -51,7 +51,8 @@ def load(run_dir):
         rows, lines = [], [ln for ln in open(jsonl_path).read().splitlines() if ln.strip()]
         for i, line in enumerate(lines):
             try:
-                rows.append({k: number(v) for k, v in json.loads(line).items() if not isinstance(v, (list, dict))})
+                row = json.loads(line)
+                rows.append({k: number(v) for k, v in row.items() if not isinstance(v, (list, dict))})
             except json.JSONDecodeError:
                 if i < len(lines) - 1:  # only the last line may still be being written
                     fail(f"{jsonl_path}:{i + 1}: not JSON")
@@ -79,7 +80,7 @@ def main(argv=None):
     p.error = fail
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="PNG to write (default RUN_DIR/curves.png for one run, else ./curves.png)")
-    p.add_argument("--x", help="x key: env_steps, wall_seconds, train_seconds, step, generated_tokens_total, ...")
+    p.add_argument("--x", help="x key: env_steps, wall_seconds, train_seconds, step, ...")
     args = p.parse_args(argv)
     runs = [(os.path.basename(os.path.normpath(d)), *load(d)) for d in args.runs]
     kinds = {kind for _, kind, _, _ in runs}
@@ -98,7 +99,8 @@ def main(argv=None):
     for i, (name, kind, rows, evals) in enumerate(runs):
         color = f"C{i % 10}"
         for ax, (title, key) in zip(axes.flat, PANELS):
-            points = [(r[x], r[key]) for r in rows if not math.isnan(r.get(key, math.nan) + r.get(x, math.nan))]
+            points = [(r[x], r[key]) for r in rows  # eval-only rows (llm) have no key or x
+                      if not math.isnan(r.get(key, math.nan) + r.get(x, math.nan))]
             if points:
                 ax.plot(*zip(*points), color=color, lw=1.2, label=name)
             ax.set(title=title)

@@ -1,4 +1,4 @@
-"""control.py: learning, one update of every algorithm on every env, bad input, run folders, signals, crashes."""
+"""control.py: learning, one update per algorithm and env, bad input, run folders, signals, crashes."""
 import dataclasses
 import json
 import os
@@ -43,15 +43,16 @@ def test_cartpole_sppo_improves_within_budget(tmp_path):
 def test_metrics_rows_have_the_shared_keys(tmp_path):
     control.main([*TINY, "--total-steps", "300", "--out", str(tmp_path), "--eval-every", "1"])
     table = rows(tmp_path)
-    shared = {"step", "wall_seconds", "train_seconds", "reward_mean", "success_rate", "critic_loss", "clip_frac",
-              "dual_clip_frac", "approx_kl", "entropy", "lr", "env_steps", "mean_return"}
+    shared = {"step", "wall_seconds", "train_seconds", "reward_mean", "success_rate", "critic_loss",
+              "clip_frac", "dual_clip_frac", "approx_kl", "entropy", "lr", "env_steps", "mean_return"}
     assert len(table) >= 2 and all(shared <= set(r) for r in table)
     assert [r["step"] for r in table] == list(range(1, len(table) + 1))
     assert all(0 < r["train_seconds"] <= r["wall_seconds"] for r in table)
     assert all("eval_success_rate" in r and "eval_mean_return" in r for r in table)
     summary = json.load(open(tmp_path / "summary.json"))
     assert summary["interrupted"] is False and summary["updates"] == len(table)
-    assert summary["env_steps"] / summary["steps_per_second"] == pytest.approx(summary["train_seconds"], abs=0.006)
+    spent = summary["env_steps"] / summary["steps_per_second"]
+    assert spent == pytest.approx(summary["train_seconds"], abs=0.006)
     assert json.load(open(tmp_path / "config.json")) == summary["config"]
 
 
@@ -92,8 +93,8 @@ def test_one_update_each_algo_each_env(tmp_path, env, algo):
 
 
 def test_ppo_defaults_do_not_discount_the_outcome():
-    """Under ppo's defaults a longer successful episode has a larger return at step 0 than a shorter failed one,
-    on every env where succeeding takes longer (MountainCar ends sooner on success, Pendulum always lasts 200).
+    """Under ppo's defaults a longer successful episode has a larger return at step 0 than a shorter failed
+    one, on every env where success takes longer (MountainCar ends sooner on success, Pendulum lasts 200).
     With gamma 0.99, the old default, it does not: gamma^T R favours ending near T = 100."""
     def episode(T, **stats):
         n = np.ones(1)
@@ -107,7 +108,7 @@ def test_ppo_defaults_do_not_discount_the_outcome():
         spec, cfg = control.ENVS[env], control.make_config({"env": env, "algo": "ppo"})
         assert spec["success"](long_win)[0] and not spec["success"](short_loss)[0], env
 
-        def return0(ep, gamma):  # G_0 = sum_t gamma^t r_t with R on the last step (lambda 1: the plain return)
+        def return0(ep, gamma):  # G_0 = sum_t gamma^t r_t, R on the last step (lambda 1: the plain return)
             T, R = int(ep.length[0]), torch.tensor(spec["outcome"](ep), dtype=torch.float32)
             return sppo.gae_advantages(R, torch.zeros(1, T), torch.ones(1, T), gamma, 1.0)[1][0, 0].item()
         assert return0(long_win, cfg.gamma) > return0(short_loss, cfg.gamma), env
@@ -123,7 +124,8 @@ def test_algo_config_layers_over_the_env_defaults(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         control.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert e.value.code == 0 and "(default: 64, 32 for CartPole-v1, 32 for Pendulum-v1, 48 for Pendulum-v1 ppo)" in text
+    assert e.value.code == 0
+    assert "(default: 64, 32 for CartPole-v1, 32 for Pendulum-v1, 48 for Pendulum-v1 ppo)" in text
     assert "ENVS[env]['algo_config'][algo] per env and algorithm" in text
 
 
@@ -148,7 +150,8 @@ def test_saved_policy_reloads_and_acts_identically(tmp_path, capsys):
     capsys.readouterr()
     result = control.main(["--eval", str(tmp_path), "--eval-episodes", "10"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {
-        "env": "CartPole-v1", "algo": "sppo", "seed": 1, "eval_episodes": 10, "task_measure": "mean_length", **result}
+        "env": "CartPole-v1", "algo": "sppo", "seed": 1, "eval_episodes": 10, "task_measure": "mean_length",
+        **result}
     for key in control.EVAL_KEYS:
         assert result[key] == summary[key], key
 
@@ -168,7 +171,8 @@ def test_resume_is_exact(tmp_path, capsys):
     for key in control.EVAL_KEYS:
         assert second[key] == whole[key], key
     assert second["train_seconds"] > first["train_seconds"]  # the clocks count both sessions
-    assert second["env_steps"] / second["steps_per_second"] == pytest.approx(second["train_seconds"], abs=0.006)
+    spent = second["env_steps"] / second["steps_per_second"]
+    assert spent == pytest.approx(second["train_seconds"], abs=0.006)
     assert rows(tmp_path / "split")[-1]["train_seconds"] > first["train_seconds"]
 
 
@@ -180,7 +184,8 @@ def test_resume_applies_and_logs_lr_and_refuses_what_cannot_change(tmp_path, cap
     assert {r["lr"] for r in rows(tmp_path)[n:]} == {0.0005}
     ckpt = torch.load(tmp_path / "policy.pt", weights_only=True)
     assert ckpt["actor_opt"]["param_groups"][0]["lr"] == 0.0005
-    for flags, name in ((["--seed", "2"], "seed 1"), (["--hidden", "8"], "hidden 32"), (["--algo", "ppo"], "algo")):
+    for flags, name in ((["--seed", "2"], "seed 1"), (["--hidden", "8"], "hidden 32"),
+                        (["--algo", "ppo"], "algo")):
         with pytest.raises(SystemExit) as e:
             control.main(["--resume", str(tmp_path), *flags])
         err = capsys.readouterr().err
@@ -207,7 +212,8 @@ def test_resume_keeps_the_rows_up_to_its_checkpoint(tmp_path):
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write(json.dumps({**rows(tmp_path)[-1], "step": n + 1}) + "\n" + '{"step": ')
     control.main(["--resume", str(tmp_path), "--total-steps", "400"])
-    assert [r["step"] for r in rows(tmp_path)] == list(range(1, len(rows(tmp_path)) + 1)) and len(rows(tmp_path)) > n
+    steps = [r["step"] for r in rows(tmp_path)]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > n
 
 
 def test_broken_outcome_saves_and_fails_with_one_line(tmp_path, monkeypatch, capsys):
@@ -215,7 +221,8 @@ def test_broken_outcome_saves_and_fails_with_one_line(tmp_path, monkeypatch, cap
     with pytest.raises(SystemExit) as e:
         control.main([*TINY, "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().split("\n")[-1]  # after the progress bar's last state
-    assert e.value.code == 2 and err.startswith("control.py: error: 4 outcomes outside [0, 1] or NaN in CartPole-v1")
+    assert e.value.code == 2
+    assert err.startswith("control.py: error: 4 outcomes outside [0, 1] or NaN in CartPole-v1")
     assert err.endswith(f"; saved {tmp_path}") and control.load_checkpoint(str(tmp_path))[1]["update"] == 0
 
 
@@ -276,8 +283,8 @@ NOT_OURS = "not a checkpoint written by control.py:"
     (["--anneal-lr=1"], "argument --anneal-lr/--no-anneal-lr: ignored explicit argument '1'"),
     (["--out", "FILE/sub"], "cannot write to --out FILE/sub: "),
     (["--tensorboard", "FILE/tb"], "cannot write to --tensorboard FILE/tb: "),
-    (["--out", "run"], "--out run holds an earlier run (config.json, policy.pt, metrics.jsonl, summary.json): "
-                       "continue it with --resume run, or replace it with --overwrite"),
+    (["--out", "run"], "--out run holds an earlier run (config.json, policy.pt, metrics.jsonl, "
+                       "summary.json): continue it with --resume run, or replace it with --overwrite"),
     (["--resume", "run", "--out", "run2"], "--out run2 holds an earlier run"),
     (["--resume", "run", "--eval", "run"], "--eval and --resume exclude each other"),
     (["--eval", "no/such/run"], "no checkpoint at no/such/run/policy.pt"),
@@ -345,7 +352,8 @@ def test_resume_into_another_folder_leaves_the_run_untouched(world, tmp_path, ca
     original = rows(world / "run")
     assert rows(branch)[:len(original)] == original and len(rows(branch)) > len(original)  # appended
     err = capsys.readouterr().err
-    assert f"writing {branch} (config.json, policy.pt, metrics.jsonl, summary.json), resuming {world / 'run'}" in err
+    files = "config.json, policy.pt, metrics.jsonl, summary.json"
+    assert f"writing {branch} ({files}), resuming {world / 'run'}" in err
 
 
 def test_eval_writes_nothing(world, monkeypatch, capsys):
@@ -384,7 +392,8 @@ def test_tensorboard_logs_the_metrics(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     control.main(["--total-steps", "1000", "--num-envs", "4", "--episodes", "8", "--eval-episodes", "2",
-                  "--eval-every", "500", "--out", str(tmp_path / "run"), "--tensorboard", str(tmp_path / "tb")])
+                  "--eval-every", "500", "--out", str(tmp_path / "run"),
+                  "--tensorboard", str(tmp_path / "tb")])
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     table = rows(tmp_path / "run")
@@ -401,8 +410,8 @@ def test_tensorboard_logs_the_metrics(tmp_path):
 # one interval; every resume continues exactly
 # ---------------------------------------------------------------------------------------------------
 def start(args, run, log):
-    """control.py in a subprocess. stderr to a file, not a pipe the progress bar could fill; SIGINT back to its
-    default in the child, as a shell that starts pytest in the background passes SIGINT on ignored."""
+    """control.py in a subprocess. stderr to a file, not a pipe the progress bar could fill; SIGINT back to
+    its default in the child, as a shell that starts pytest in the background passes SIGINT on ignored."""
     return subprocess.Popen([sys.executable, CONTROL, *args], cwd=run.parent, stdout=subprocess.DEVNULL,
                             stderr=log, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -434,7 +443,8 @@ SIGNAL_RUN = ["--total-steps", "200000", "--eval-episodes", "10"]  # CartPole's 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig,phase", [(signal.SIGINT, "training"), (signal.SIGTERM, "training"),
-                                       (signal.SIGTERM, "final evaluation")])
+                                       (signal.SIGTERM, "final evaluation")],
+                         ids=["SIGINT-training", "SIGTERM-training", "SIGTERM-final-evaluation"])
 def test_signal_saves_exits_and_the_run_resumes_exactly(tmp_path, capsys, sig, phase):
     run = tmp_path / "run"
     args = SIGNAL_RUN + (["--eval-episodes", "3000"] if phase == "final evaluation" else [])
@@ -451,8 +461,8 @@ def test_signal_saves_exits_and_the_run_resumes_exactly(tmp_path, capsys, sig, p
     stderr = (tmp_path / "stderr").read_text()
     summary = json.load(open(run / "summary.json"))
     step = summary["updates"]
-    assert stderr.strip().splitlines()[-1] == (f"control.py: stopped by {signal.Signals(sig).name} at step {step}; "
-                                               f"saved {run}; continue with --resume {run}")
+    assert stderr.strip().splitlines()[-1] == (f"control.py: stopped by {signal.Signals(sig).name} at step "
+                                               f"{step}; saved {run}; continue with --resume {run}")
     assert "Traceback" not in stderr and summary["interrupted"] is True and summary["success_rate"] is None
     assert control.load_checkpoint(str(run))[1]["update"] == step == len(rows(run)) > 0
     resumed = control.main(["--resume", str(run)])
@@ -468,12 +478,13 @@ def test_kill_9_at_any_moment_loses_at_most_one_interval(tmp_path):
     run = tmp_path / "run"
     # big hidden layers make policy.pt some MB, so its write takes long enough to be caught in the act
     args = ["--total-steps", "4000", "--num-envs", "4", "--episodes", "8", "--update-epochs", "1",
-            "--num-minibatches", "2", "--hidden", "512", "--eval-episodes", "2", "--save-every-seconds", "0.05"]
+            "--num-minibatches", "2", "--hidden", "512", "--eval-episodes", "2",
+            "--save-every-seconds", "0.05"]
     moments = [lambda: n_rows(run) >= 3, (run / "policy.pt.tmp").exists, lambda: n_rows(run) >= seen + 2]
     seen = 0
     with open(tmp_path / "stderr", "w") as err:
         for i, moment in enumerate(moments):
-            (run / "policy.pt.tmp").unlink(missing_ok=True)  # a write cut short before: the moment is a new one
+            (run / "policy.pt.tmp").unlink(missing_ok=True)  # a write cut short before: wait for a new one
             proc = start([*args, "--out", str(run)] if i == 0 else ["--resume", str(run)], run, err)
             try:
                 wait_for(proc, moment)
@@ -482,7 +493,7 @@ def test_kill_9_at_any_moment_loses_at_most_one_interval(tmp_path):
             finally:
                 proc.kill()
             if i == 1:
-                assert (run / "policy.pt.tmp").exists()  # killed while writing it; policy.pt is the one before
+                assert (run / "policy.pt.tmp").exists()  # killed while writing it; policy.pt: the one before
             seen = n_rows(run)
             assert control.load_checkpoint(str(run))[1]["update"] <= seen
     control.main(["--resume", str(run)])
@@ -619,7 +630,7 @@ def test_numpy_sampler_is_agent_sample(env_id):
     agent = perturbed_agent(env_id)
     obs = np.random.default_rng(0).normal(size=(4096, agent.obs_mean.shape[0])) * 2
     action, logp = control.numpy_sampler(agent, np.random.default_rng(1))(obs)
-    rng = np.random.default_rng(1)  # the draws numpy_sampler made: one per row (categorical) or per coordinate
+    rng = np.random.default_rng(1)  # the draws numpy_sampler made: one a row (categorical) or a coordinate
     noise = rng.standard_normal(action.shape, dtype=np.float32) if agent.continuous else rng.random(
         (len(obs), 1), dtype=np.float32)
     expected, expected_logp = agent.sample(torch.as_tensor(obs, dtype=torch.float32), torch.from_numpy(noise))

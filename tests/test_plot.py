@@ -15,9 +15,9 @@ def fake_control(d):
     d.mkdir()
     lines = []
     for u in range(1, 6):
-        m = dict(step=u, env_steps=1000 * u, wall_seconds=0.5 * u, train_seconds=0.4 * u, reward_mean=0.1 * u,
-                 success_rate=0.15 * u, mean_return=50 * u, critic_loss=None if u == 1 else 0.6, clip_frac=0.1,
-                 approx_kl=0.01, entropy=0.5, lr=1e-3)
+        m = dict(step=u, env_steps=1000 * u, wall_seconds=0.5 * u, train_seconds=0.4 * u,
+                 reward_mean=0.1 * u, success_rate=0.15 * u, mean_return=50 * u, clip_frac=0.1,
+                 critic_loss=None if u == 1 else 0.6, approx_kl=0.01, entropy=0.5, lr=1e-3)
         if u % 2 == 0:
             m.update(eval_success_rate=0.2 * u, eval_mean_return=100 * u)
         lines.append(json.dumps(m))
@@ -31,8 +31,9 @@ def fake_llm(d, algo="sppo"):
     d.mkdir()
     lines = []
     for s in range(1, 5):
-        m = dict(step=s, reward_mean=0.1 * s, success_rate=0.1 * s, wall_seconds=10.0 * s, train_seconds=8.0 * s,
-                 generated_tokens_total=100 * s, clip_frac=0.0, approx_kl=0.001 * s, entropy=1.0,
+        m = dict(step=s, reward_mean=0.1 * s, success_rate=0.1 * s, wall_seconds=10.0 * s,
+                 train_seconds=8.0 * s, generated_tokens_total=100 * s, clip_frac=0.0, approx_kl=0.001 * s,
+                 entropy=1.0,
                  samples=[{"prompt": "1+1", "completion": "2", "reward": 1.0}])
         if algo != "grpo":
             m["critic_loss"] = 0.7 - 0.1 * s
@@ -64,7 +65,8 @@ def test_plot_control_and_llm_runs(tmp_path, monkeypatch, capsys):
     grpo_run = fake_llm(tmp_path / "llm_grpo", algo="grpo")
     for run in (control_run, llm_run):  # one run: RUN_DIR/curves.png by default
         plot.main([str(run)])
-        assert capsys.readouterr().out.strip() == str(run / "curves.png") and (run / "curves.png").stat().st_size
+        assert capsys.readouterr().out.strip() == str(run / "curves.png")
+        assert (run / "curves.png").stat().st_size > 0
     png = tmp_path / "all.png"  # several runs, control and LLM mixed, another x axis
     plot.main([str(control_run), str(llm_run), str(grpo_run), "--out", str(png), "--x", "train_seconds"])
     assert png.stat().st_size > 0
