@@ -73,6 +73,7 @@ class Config:
     overwrite: bool = arg(False, "replace an earlier run in --out (and its TensorBoard event files)")
     tensorboard: str = arg("", "also log the metrics to TensorBoard event files in DIR")
     save_every_seconds: float = arg(60.0, "checkpoint every this many seconds (0: at the end, on a signal)")
+    dump_values: bool = arg(False, "sppo, ppo: write OUT/values.jsonl, each update's critic values")
 
 
 @dataclasses.dataclass
@@ -92,6 +93,7 @@ class Batch:
     outcome: Optional[np.ndarray] = None  # [E] R in [0, 1], float64
     success: Optional[np.ndarray] = None  # [E] the env's success criterion, bool
     adv: Optional[torch.Tensor] = None  # [T, E] advantage of each step
+    values: Optional[torch.Tensor] = None  # the critic before its update: sppo [E] logits V(s_0), ppo [T, E]
     returns: Optional[torch.Tensor] = None  # [T, E] ppo only: the critic's targets G_t
 
 
@@ -122,9 +124,10 @@ def train(cfg, s, run):
         stats = update(cfg, s, batch)
         s.env_steps += int(batch.length.sum())
         s.step += 1
-        log_step(run, s, dict(step=s.step, env_steps=s.env_steps, reward_mean=float(batch.outcome.mean()),
-                              success_rate=float(np.mean(batch.success)), mean_return=float(batch.ret.mean()),
-                              lr=cfg.lr * frac, **stats))
+        row = dict(step=s.step, env_steps=s.env_steps, reward_mean=float(batch.outcome.mean()),
+                   success_rate=float(np.mean(batch.success)), mean_return=float(batch.ret.mean()),
+                   lr=cfg.lr * frac, **stats)
+        log_step(run, s, batch, row)
     envs.close()
 
 
@@ -229,13 +232,14 @@ def advantages(cfg, agent, batch, rewards):
     """batch.adv [T, E] (and ppo's batch.returns): the block where sppo, grpo and ppo differ."""
     if cfg.algo == "sppo":  # A = R - sigmoid(V(s_0)) from the critic BEFORE its update, on every step
         with torch.no_grad():
-            batch.adv = sppo.sequence_advantages(rewards, agent.value(batch.obs[0])).expand_as(batch.mask)
+            batch.values = agent.value(batch.obs[0])  # [E]
+        batch.adv = sppo.sequence_advantages(rewards, batch.values).expand_as(batch.mask)
     elif cfg.algo == "grpo":  # A = (R - group mean) / (group std + eps) on every step, no critic
         batch.adv = sppo.grpo_advantages(rewards, cfg.group_size).expand_as(batch.mask)
     else:  # ppo: V(s_t), R on the last step, GAE: A_t = delta_t + gamma lam A_{t+1}; whitened (CleanRL, verl)
         with torch.no_grad():
-            values = agent.value(batch.obs) * batch.mask  # [T, E]
-        adv, returns = sppo.gae_advantages(rewards, values.T, batch.mask.T, cfg.gamma, cfg.lam)  # [E, T]
+            batch.values = agent.value(batch.obs) * batch.mask  # [T, E]
+        adv, returns = sppo.gae_advantages(rewards, batch.values.T, batch.mask.T, cfg.gamma, cfg.lam)  # [E,T]
         batch.adv, batch.returns = sppo.whiten(adv, batch.mask.T).T, returns.T
 
 
@@ -475,6 +479,7 @@ def measure_key(env_id):
 
 # ======== plumbing: nothing below this line changes what is learnt ========
 RUN_FILES = ("config.json", "policy.pt", "metrics.jsonl", "summary.json")  # what a run writes into --out
+LOGS = ("metrics.jsonl", "values.jsonl")  # one row per update; a resume keeps those up to its checkpoint
 EVAL_KEYS = ("success_rate", "mean_outcome", "mean_return", "mean_length")  # evaluate(), + the task measure
 CHECKPOINT_KEYS = ("config", "agent", "actor_opt", "critic_opt", "env_steps", "update")
 PLUMBING = ("out", "resume", "eval", "overwrite", "tensorboard")  # never carried over from a saved run
@@ -551,6 +556,8 @@ def config_error(cfg):
         return f"--group-size must be at least 2 for grpo, got {cfg.group_size}"
     if cfg.num_minibatches > batch_episodes(cfg):  # every episode has a step, so no minibatch is empty
         return f"--num-minibatches must be at most the episodes per update ({batch_episodes(cfg)})"
+    if cfg.dump_values and cfg.algo == "grpo":
+        return "--dump-values needs a critic: --algo sppo or ppo"
     return "--eval and --resume exclude each other" if cfg.eval and cfg.resume else None
 
 
@@ -615,12 +622,13 @@ def start_run_folder(cfg, step):
         for name in os.listdir(old) if old and os.path.isdir(old) else []:
             if name.startswith("events.out.tfevents."):
                 os.remove(os.path.join(old, name))
-        for name in RUN_FILES:
+        for name in RUN_FILES + LOGS:
             if os.path.exists(os.path.join(cfg.out, name)):
                 os.remove(os.path.join(cfg.out, name))
-    rows = read_jsonl(os.path.join(cfg.resume, "metrics.jsonl")) if step else []
-    rows = [r for r in rows if r["step"] <= step]  # a crash may have left later ones
-    write_atomic(os.path.join(cfg.out, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+    for name in LOGS[:1 + cfg.dump_values]:
+        rows = read_jsonl(os.path.join(cfg.resume, name)) if step else []
+        rows = [r for r in rows if r["step"] <= step]  # a crash may have left later ones
+        write_atomic(os.path.join(cfg.out, name), "".join(json.dumps(r) + "\n" for r in rows))
     write_atomic(os.path.join(cfg.out, "config.json"), json.dumps(dataclasses.asdict(cfg)) + "\n")
 
 
@@ -690,6 +698,7 @@ class Run:
     """One training session's files, clocks (of the whole run), progress bar and signal."""
     cfg: Config
     metrics: object  # metrics.jsonl, opened for appending
+    values: object  # values.jsonl (--dump-values), or None
     t0: float  # when the run would have started had it never stopped: wall seconds = now - t0
     train_seconds: float = 0.0  # of the whole run: evaluations and checkpoint writes excluded
     prev_steps: int = 0  # env steps before the last update
@@ -713,7 +722,7 @@ def save_checkpoint(run, s):
     run.last_save = time.time()
 
 
-def log_step(run, s, row):
+def log_step(run, s, batch, row):
     """After each update: an evaluation when due, metrics.jsonl, TensorBoard, the bar, a checkpoint if due."""
     cfg, now = run.cfg, time.time()
     run.train_seconds += now - run.clock
@@ -723,12 +732,25 @@ def log_step(run, s, row):
     row.update(wall_seconds=round(now - run.t0, 3), train_seconds=round(run.train_seconds, 3))
     run.metrics.write(json.dumps(row) + "\n")
     run.metrics.flush()
+    if run.values:  # the critic's view of each episode, before its update: how well it tells success apart
+        run.values.write(json.dumps(values_row(cfg, batch, s.step)) + "\n")
+        run.values.flush()
     log_scalars(run.tb, row, s.step)
     run.bar.update(min(s.env_steps, cfg.total_steps) - run.bar.n)
     run.bar.set_postfix(outcome=f"{row['reward_mean']:.3f}", success=f"{row['success_rate']:.2f}")
     if cfg.save_every_seconds and time.time() - run.last_save >= cfg.save_every_seconds:
         save_checkpoint(run, s)
     run.clock, run.prev_steps = time.time(), s.env_steps
+
+
+def values_row(cfg, b, step):
+    """values.jsonl: sppo's sigmoid(V(s_0)) per episode; ppo's V(s_t) at t = floor(f T), f = 0, 0.1, ..."""
+    row = dict(step=step, algo=cfg.algo, rewards=b.outcome.tolist(), success=np.asarray(b.success).tolist())
+    if cfg.algo == "sppo":
+        return {**row, "pred_success": torch.sigmoid(b.values).tolist()}
+    at = (np.arange(10)[:, None] * b.length / 10).astype(int)  # [10, E] step index of each tenth
+    values = b.values[at, np.arange(len(b.length))].T  # [E, 10]
+    return {**row, "t_frac": [f / 10 for f in range(10)], "values": values.tolist()}
 
 
 def log_scalars(tb, values, step):
@@ -756,8 +778,8 @@ def run_training(cfg, s, ckpt):
     """Train, checkpointing at the start, when due and at the end; evaluate; summary.json. SIGINT / SIGTERM:
     stop after the step, save, say how to resume, exit 130 / 143."""
     ckpt = ckpt or {}
-    metrics = open(os.path.join(cfg.out, "metrics.jsonl"), "a")
-    run = Run(cfg, metrics, t0=time.time() - ckpt.get("wall_seconds", 0.0),
+    logs = [open(os.path.join(cfg.out, n), "a") if n == LOGS[0] or cfg.dump_values else None for n in LOGS]
+    run = Run(cfg, *logs, t0=time.time() - ckpt.get("wall_seconds", 0.0),
               train_seconds=ckpt.get("train_seconds", 0.0), prev_steps=s.env_steps)
     if cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter  # optional package, checked in check_run_folders
@@ -793,7 +815,7 @@ def run_training(cfg, s, ckpt):
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-        for f in (run.bar, run.metrics, run.tb):
+        for f in (run.bar, run.metrics, run.values, run.tb):
             if f is not None:
                 f.close()
     if run.signal:

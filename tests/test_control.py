@@ -216,6 +216,32 @@ def test_resume_keeps_the_rows_up_to_its_checkpoint(tmp_path):
     assert steps == list(range(1, len(steps) + 1)) and len(steps) > n
 
 
+@pytest.mark.parametrize("algo", ["sppo", "ppo"])
+def test_dump_values_records_the_critic_and_changes_nothing(tmp_path, algo):
+    args = [*TINY, "--algo", algo, "--total-steps", "400", "--no-anneal-lr"]
+    control.main([*args, "--out", str(tmp_path / "plain")])
+    control.main([*args, "--out", str(tmp_path / "dumped"), "--dump-values"])
+    assert learnt(tmp_path / "dumped") == learnt(tmp_path / "plain")  # recording changes nothing learnt
+    assert not (tmp_path / "plain" / "values.jsonl").exists()
+    dumped = [json.loads(line) for line in open(tmp_path / "dumped" / "values.jsonl")]
+    table = rows(tmp_path / "dumped")
+    assert [d["step"] for d in dumped] == [r["step"] for r in table] and {d["algo"] for d in dumped} == {algo}
+    for d, r in zip(dumped, table):
+        assert len(d["rewards"]) == len(d["success"]) == 4
+        assert np.mean(d["rewards"]) == pytest.approx(r["reward_mean"])
+        assert d["success"] == [x == 1.0 for x in d["rewards"]]  # CartPole: success is all 500 steps, R = 1
+    first = dumped[0]
+    if algo == "sppo":  # step 1: the critic's bias starts at logit(mean R), its weights near 0
+        assert np.mean(first["pred_success"]) == pytest.approx(np.mean(first["rewards"]), abs=0.02)
+        assert all(0 < p < 1 for d in dumped for p in d["pred_success"])
+    else:  # a value per tenth of each episode; a fresh critic (output layer std 0.01) says about 0
+        assert first["t_frac"] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+        assert np.array(first["values"]).shape == (4, 10) and np.abs(first["values"]).max() < 0.1
+    control.main(["--resume", str(tmp_path / "dumped"), "--total-steps", "800"])  # appends after its rows
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "dumped" / "values.jsonl")]
+    assert steps == list(range(1, len(rows(tmp_path / "dumped")) + 1)) and len(steps) > len(dumped)
+
+
 def test_broken_outcome_saves_and_fails_with_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(control.ENVS["CartPole-v1"], "outcome", lambda b: b.length / 5.0)
     with pytest.raises(SystemExit) as e:
@@ -303,6 +329,7 @@ NOT_OURS = "not a checkpoint written by control.py:"
     (["--resume", "run", "--lr", "-1"], "--lr must be positive, got -1.0"),
     (["--eval", "run", "--overwrite"], "--eval writes nothing"),
     (["--eval", "run", "--out", "x"], "--eval writes nothing"),
+    (["--algo", "grpo", "--dump-values"], "--dump-values needs a critic: --algo sppo or ppo"),
 ])
 def test_bad_input_exits_2_with_one_line(world, monkeypatch, capsys, args, message):
     monkeypatch.chdir(world)  # a default --out would land in world/runs
