@@ -10,7 +10,7 @@ episode ends; the learner sees ONE outcome R in [0, 1] of the finished episode. 
 on every step, critic BCE(V(s_0), R); ppo: critic V(s_t), R on the last step, GAE; grpo: group_size episodes
 per seed, A = (R - group mean) / group std. All use sppo.py's PPO clipped loss. The file, top to bottom:
   Config, Batch, State   every flag; what rollout returns and update reads; what a checkpoint holds
-  the method             train (the loop), rollout, score, update, advantages (sppo | grpo | ppo), evaluate
+  the method             train (the loop), rollout, score, advantages (sppo | grpo | ppo), update, evaluate
   models and envs        Agent (actor, critic, observation norm, sample), make_envs, start_episodes, step_busy
   speed                  numpy_sampler: Agent.sample in numpy, tested equal
   the tasks              ENVS: each env's outcome R, success criterion and default settings
@@ -191,6 +191,22 @@ def score(env_id, batch):
     batch.outcome, batch.success = outcome, ENVS[env_id]["success"](batch)
 
 
+def advantages(cfg, agent, batch, rewards):
+    """batch.adv [T, E] (and ppo's batch.returns): the block where sppo, grpo and ppo differ. update calls it
+    first, with the critic as it was before this update (the authors' order)."""
+    if cfg.algo == "sppo":  # A = R - sigmoid(V(s_0)) from the critic BEFORE its update, on every step
+        with torch.no_grad():
+            batch.values = agent.value(batch.obs[0])  # [E]
+        batch.adv = sppo.sequence_advantages(rewards, batch.values).expand_as(batch.mask)
+    elif cfg.algo == "grpo":  # A = (R - group mean) / (group std + eps) on every step, no critic
+        batch.adv = sppo.grpo_advantages(rewards, cfg.group_size).expand_as(batch.mask)
+    else:  # ppo: V(s_t), R on the last step, GAE: A_t = delta_t + gamma lam A_{t+1}; whitened (CleanRL, verl)
+        with torch.no_grad():
+            batch.values = agent.value(batch.obs) * batch.mask  # [T, E]
+        adv, returns = sppo.gae_advantages(rewards, batch.values.T, batch.mask.T, cfg.gamma, cfg.lam)  # [E,T]
+        batch.adv, batch.returns = sppo.whiten(adv, batch.mask.T).T, returns.T
+
+
 def update(cfg, s, batch):
     """One update, in the authors' order: advantages from the critic as it is, the critic, then the actor."""
     agent = s.agent
@@ -226,21 +242,6 @@ def update(cfg, s, batch):
         stats.update(pstats, entropy=agent.entropy(dist).mean().item())  # of the last minibatch
     agent.update_obs_stats(obs)  # after the update, so one update sees one normalisation
     return stats
-
-
-def advantages(cfg, agent, batch, rewards):
-    """batch.adv [T, E] (and ppo's batch.returns): the block where sppo, grpo and ppo differ."""
-    if cfg.algo == "sppo":  # A = R - sigmoid(V(s_0)) from the critic BEFORE its update, on every step
-        with torch.no_grad():
-            batch.values = agent.value(batch.obs[0])  # [E]
-        batch.adv = sppo.sequence_advantages(rewards, batch.values).expand_as(batch.mask)
-    elif cfg.algo == "grpo":  # A = (R - group mean) / (group std + eps) on every step, no critic
-        batch.adv = sppo.grpo_advantages(rewards, cfg.group_size).expand_as(batch.mask)
-    else:  # ppo: V(s_t), R on the last step, GAE: A_t = delta_t + gamma lam A_{t+1}; whitened (CleanRL, verl)
-        with torch.no_grad():
-            batch.values = agent.value(batch.obs) * batch.mask  # [T, E]
-        adv, returns = sppo.gae_advantages(rewards, batch.values.T, batch.mask.T, cfg.gamma, cfg.lam)  # [E,T]
-        batch.adv, batch.returns = sppo.whiten(adv, batch.mask.T).T, returns.T
 
 
 def opt_step(opt, loss, max_norm):
