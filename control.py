@@ -813,6 +813,10 @@ def run_training(cfg, s, ckpt):
         run.evaluating = False
         log_scalars(run.tb, {f"final_{k}": v for k, v in (result or {}).items()}, s.step)
         summary = write_summary(run, s, result)
+    except OSError as e:  # a full disk, a folder gone: the files written before are whole (atomic)
+        if run.bar is not None:
+            run.bar.close()
+        fail(f"cannot write to --out {cfg.out}: {e}; its last checkpoint is intact")
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

@@ -242,6 +242,21 @@ def test_dump_values_records_the_critic_and_changes_nothing(tmp_path, algo):
     assert steps == list(range(1, len(rows(tmp_path / "dumped")) + 1)) and len(steps) > len(dumped)
 
 
+def test_a_failed_write_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    control.main([*TINY, "--out", str(tmp_path)])
+    before = (tmp_path / "policy.pt").read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(control.torch, "save", full_disk)
+    with pytest.raises(SystemExit) as e:
+        control.main(["--resume", str(tmp_path), "--total-steps", "500"])
+    err = capsys.readouterr().err.strip().split("\n")[-1]
+    assert e.value.code == 2 and err == (f"control.py: error: cannot write to --out {tmp_path}: [Errno 28] "
+                                         "No space left on device; its last checkpoint is intact")
+    assert (tmp_path / "policy.pt").read_bytes() == before
+
+
 def test_broken_outcome_saves_and_fails_with_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(control.ENVS["CartPole-v1"], "outcome", lambda b: b.length / 5.0)
     with pytest.raises(SystemExit) as e:
