@@ -3,7 +3,6 @@
     python control.py --env CartPole-v1 --algo sppo --seed 1    # trains into runs/CartPole-v1_sppo_1
     python control.py --eval DIR                               # re-evaluates the policy saved in DIR
     python control.py --resume DIR [--total-steps N]           # continues the run in DIR
-    python control.py --help                                   # every flag, with its defaults per env
 
 The "prompt" is the first observation after env.reset(seed=s), the "action sequence" every action until the
 episode ends; the learner sees ONE outcome R in [0, 1] of the finished episode. sppo: A = R - sigmoid(V(s_0))
@@ -25,7 +24,6 @@ import signal
 import sys
 import time
 import warnings
-from typing import Optional
 
 import gymnasium as gym
 import numpy as np
@@ -90,11 +88,11 @@ class Batch:
     max_x: np.ndarray  # [E] greatest value of it
     x_start: np.ndarray  # [E] body x after the reset (info "x_position": Hopper's obs lacks it; else nan)
     x_end: np.ndarray  # [E] body x after the last step (nan where the env reports none)
-    outcome: Optional[np.ndarray] = None  # [E] R in [0, 1], float64
-    success: Optional[np.ndarray] = None  # [E] the env's success criterion, bool
-    adv: Optional[torch.Tensor] = None  # [T, E] advantage of each step
-    values: Optional[torch.Tensor] = None  # the critic before its update: sppo [E] logits V(s_0), ppo [T, E]
-    returns: Optional[torch.Tensor] = None  # [T, E] ppo only: the critic's targets G_t
+    outcome: np.ndarray | None = None  # [E] R in [0, 1], float64
+    success: np.ndarray | None = None  # [E] the env's success criterion, bool
+    adv: torch.Tensor | None = None  # [T, E] advantage of each step
+    values: torch.Tensor | None = None  # the critic before its update: sppo [E] logits V(s_0), ppo [T, E]
+    returns: torch.Tensor | None = None  # [T, E] ppo only: the critic's targets G_t
 
 
 @dataclasses.dataclass
@@ -142,13 +140,18 @@ def rollout(envs, agent, seeds):
     buf = dict(obs=np.zeros((max_t, n, envs.single_observation_space.shape[0]), np.float32),
                actions=np.zeros((max_t, n, *space.shape), space.dtype), logp=np.zeros((max_t, n), np.float32))
     act = agent.sampler(np.random.default_rng(int(torch.randint(2**62, ()))))  # torch's seed fixes it
-    slot = np.full(n_env, -1)  # the episode each sub-env is playing, -1 for none
-    slot[:min(n, n_env)] = np.arange(min(n, n_env))
-    obs, x = start_episodes(envs, slot >= 0, seeds[:n_env])
-    record_start(ep, slot[slot >= 0], slot >= 0, obs, x)
-    next_ep = min(n, n_env)
-    while (slot >= 0).any():
+    slot, done, obs, next_ep = np.full(n_env, -1), np.ones(n_env, bool), None, 0  # slot: -1 for no episode
+    while True:
+        restart = np.flatnonzero(done)[:n - next_ep]  # free sub-envs take the next seeds
+        if len(restart):
+            which, j = np.isin(np.arange(n_env), restart), np.arange(next_ep, next_ep + len(restart))
+            obs, x = start_episodes(envs, which, seeds[next_ep:next_ep + len(restart)], obs)
+            slot[restart], next_ep = j, next_ep + len(restart)
+            ep["min_x"][j] = ep["max_x"][j] = obs[which, 0]
+            ep["x_start"][j] = ep["x_end"][j] = x[which]
         on = slot >= 0
+        if not on.any():
+            break
         j, t = slot[on], ep["length"][slot[on]]  # episode and step index of each busy sub-env
         action, logp = act(obs)  # idle rows too: the RNG draws, and so the episodes, do not depend on them
         buf["obs"][t, j], buf["actions"][t, j], buf["logp"][t, j] = obs[on], action[on], logp[on]
@@ -164,22 +167,9 @@ def rollout(envs, agent, seeds):
             ep["x_end"][j] = x[on]
         done = on & (terminated | truncated)
         slot[done] = -1
-        restart = np.flatnonzero(done)[:n - next_ep]  # sub-envs that take the next seeds
-        if len(restart):
-            which = np.isin(np.arange(n_env), restart)
-            obs, x = start_episodes(envs, which, seeds[next_ep:next_ep + len(restart)], obs)
-            slot[restart] = np.arange(next_ep, next_ep + len(restart))
-            record_start(ep, slot[restart], which, obs, x)
-            next_ep += len(restart)
     length = int(ep["length"].max())
     buf["mask"] = (np.arange(length)[:, None] < ep["length"]).astype(np.float32)  # real steps come first
     return Batch(**{k: torch.from_numpy(v[:length]) for k, v in buf.items()}, **ep)
-
-
-def record_start(ep, j, which, obs, x):
-    """Start stats of episodes j, just started in the sub-envs where `which` is True."""
-    ep["min_x"][j] = ep["max_x"][j] = obs[which, 0]
-    ep["x_start"][j] = ep["x_end"][j] = x[which]
 
 
 def score(env_id, batch):
@@ -260,10 +250,8 @@ def evaluate(cfg, agent, episodes):
         b = rollout(envs, agent, np.arange(EVAL_SEED0, EVAL_SEED0 + episodes))
     envs.close()
     spec = ENVS[cfg.env]
-    return {"success_rate": float(np.mean(spec["success"](b))),
-            "mean_outcome": float(np.mean(spec["outcome"](b))),
-            "mean_return": float(np.mean(b.ret)), "mean_length": float(np.mean(b.length)),
-            measure_key(cfg.env): float(np.mean(spec["measure"][1](b)))}
+    means = spec["success"](b), spec["outcome"](b), b.ret, b.length, spec["measure"][1](b)
+    return {k: float(np.mean(v)) for k, v in zip((*EVAL_KEYS, measure_key(cfg.env)), means)}
 
 
 # ---- models and envs ----
@@ -510,28 +498,25 @@ def parse_args(argv=None):
     for f in dataclasses.fields(Config):
         defaults = [repr(f.default)] + [f"{c[f.name]!r} for {where}" for where, c in layers
                                         if c.get(f.name, f.default) != f.default]
-        dirs = ("out", "resume", "eval", "tensorboard")
         kind = (dict(action=argparse.BooleanOptionalAction) if f.type is bool else
-                dict(type=f.type, metavar="DIR" if f.name in dirs else None))
+                dict(type=f.type, metavar="DIR" if f.name in PLUMBING else None))  # out, resume, eval, tb
         p.add_argument(flag(f.name), default=argparse.SUPPRESS, **kind,
                        choices={"env": ENVS, "algo": ALGOS}.get(f.name),
                        help=f"{f.metadata['help']} (default: {', '.join(defaults)})".replace("%", "%%"))
     return vars(p.parse_args(argv))
 
 
-POSITIVE, AT_LEAST_0 = (lambda v: v > 0, "positive"), (lambda v: v >= 0, ">= 0")
-UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
+POSITIVE = ("total_steps", "num_envs", "episodes", "group_size", "lr", "critic_lr", "update_epochs",
+            "num_minibatches", "max_grad_norm", "hidden", "eval_episodes", "threads")
 RULES = {  # what each setting must be beyond its type (and, for a float, being finite)
+    **dict.fromkeys(POSITIVE, (lambda v: v > 0, "positive")),
+    **dict.fromkeys(("ent_coef", "eval_every", "save_every_seconds"), (lambda v: v >= 0, ">= 0")),
+    **dict.fromkeys(("gamma", "lam"), (lambda v: 0 <= v <= 1, "in [0, 1]")),
     "env": (lambda v: v in ENVS, f"one of {', '.join(ENVS)}"),
     "algo": (lambda v: v in ALGOS, f"one of {', '.join(ALGOS)}"),
     "seed": (lambda v: 0 <= v < 2**64, "in [0, 2**64)"),  # torch.manual_seed takes no more
-    "total_steps": POSITIVE, "num_envs": POSITIVE, "episodes": POSITIVE, "group_size": POSITIVE,
-    "lr": POSITIVE, "critic_lr": POSITIVE, "update_epochs": POSITIVE, "num_minibatches": POSITIVE,
     "clip_eps": (lambda v: 0 < v < 1, "in (0, 1)"),
     "dual_clip": (lambda v: v == 0 or v > 1, "0 (off) or > 1"),
-    "gamma": UNIT, "lam": UNIT, "max_grad_norm": POSITIVE, "ent_coef": AT_LEAST_0, "hidden": POSITIVE,
-    "eval_episodes": POSITIVE, "eval_every": AT_LEAST_0, "threads": POSITIVE,
-    "save_every_seconds": AT_LEAST_0,
 }
 
 
@@ -680,9 +665,8 @@ def load_state(cfg, ckpt=None):
     s = State(*build(cfg), seed_rng=np.random.default_rng([cfg.seed, 0]))
     if ckpt is None:
         return s
-    s.agent.load_state_dict(ckpt["agent"])
-    s.actor_opt.load_state_dict(ckpt["actor_opt"])
-    s.critic_opt.load_state_dict(ckpt["critic_opt"])
+    for name in ("agent", "actor_opt", "critic_opt"):
+        getattr(s, name).load_state_dict(ckpt[name])
     s.env_steps, s.step, s.lr_from = ckpt["env_steps"], ckpt["update"], tuple(ckpt.get("lr_from", (0, 1.0)))
     if "torch_rng" in ckpt:
         torch.set_rng_state(ckpt["torch_rng"])
@@ -707,7 +691,7 @@ class Run:
     bar: object = None  # tqdm
     clock: float = 0.0  # end of the last step
     last_save: float = 0.0
-    signal: Optional[int] = None  # SIGINT or SIGTERM once received: the loop stops after the step
+    signal: int | None = None  # SIGINT or SIGTERM once received: the loop stops after the step
     evaluating: bool = False  # the final evaluation: a signal stops it at once (nothing to save)
 
 
