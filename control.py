@@ -16,6 +16,7 @@ per seed, A = (R - group mean) / group std. All use sppo.py's PPO clipped loss. 
   plumbing               flags and validation, run folder, checkpoints, metrics.jsonl, signals, main
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -404,28 +405,21 @@ def numpy_sampler(agent, rng):
 
 
 # ---- the tasks: outcome reward and success of each env ----
-def balanced(b, since, max_angle):
-    """Pendulum: upright (|angle| <= max_angle; obs[0] is cos(angle)) at every step from step `since` on."""
-    return (np.asarray(b.obs[since:, :, 0]) >= np.cos(max_angle)).all(0)
-
-
 def forward_distance(b):
     """Hopper: metres the torso moved forward, its final x minus its x after the reset."""
     return b.x_end - b.x_start
 
 
-# Per env: outcome(batch) -> [0, 1] and success(batch) -> bool read only the finished episodes (Batch).
-# measure: (name, fn), the task in its own units (evaluate() reports "mean_{name}", summary.json names the key
-# in "task_measure"). degenerate: why a constant, random or standing-still policy cannot succeed (tested).
-# config: the env's defaults; algo_config: per-algorithm defaults over them (the tuning's); flags win.
+# Per env: outcome(batch) -> [0, 1] and success(batch) -> bool, from the finished episodes alone; measure:
+# (name, fn), the task in its own units ("mean_{name}" in evaluate()); degenerate: why a constant, random or
+# idle policy cannot succeed (tested); config, algo_config: defaults per env and per algorithm.
 ENVS = {
     "CartPole-v1": dict(  # graded by the steps balanced
         outcome=lambda b: b.length / 500.0, success=lambda b: b.length >= 500,
         measure=("length", lambda b: b.length),
         degenerate="the pole falls within ~10 steps under a constant push and ~20 under random pushes; "
                    "success needs all 500",
-        # for speed (bench/control_speed.py): the update's cost is per step and epoch, Python's per loop turn,
-        # so 256 episodes a batch, a 32-unit MLP, 2 epochs; the lr annealed so the policy settles at the end
+        # for speed (bench/control_speed.py): 256 episodes a batch, 32 units, 2 epochs; the lr annealed
         config=dict(total_steps=1_000_000, num_envs=256, episodes=256, hidden=32, update_epochs=2,
                     anneal_lr=True), algo_config={}),
     "MountainCar-v0": dict(  # graded by the highest point reached (height ~ sin 3x), the flag gives 1
@@ -443,12 +437,10 @@ ENVS = {
         config=dict(total_steps=2_000_000), algo_config={}),  # 8 epochs: 0.96 on seeds 101-103, 16: 0.45
     "Pendulum-v1": dict(  # graded: normalised return, 0 is the best possible; success: swung up and held
         outcome=lambda b: np.clip(1.0 + b.ret / 1500.0, 0.0, 1.0),
-        success=lambda b: balanced(b, since=100, max_angle=0.5),
+        success=lambda b: (np.asarray(b.obs[100:, :, 0]) >= np.cos(0.5)).all(0),  # obs[0] = cos(angle)
         measure=("return", lambda b: b.ret),  # the env's cost is the task: upright, still, little torque
         degenerate="success is within 0.5 rad of upright at every step of the second half: the torque is too "
-                   "weak to lift it directly and upright is unstable, so it keeps hanging or swinging "
-                   "(return >= -200 was dropped: a near-optimal controller fails it from 28% of the starts)",
-        # 32 hidden units (was 64): the update costs less, and learning held (bench/control_ablation.py)
+                   "weak to lift it directly and upright is unstable, so it keeps hanging or swinging",
         config=dict(total_steps=2_000_000, num_envs=64, episodes=64, hidden=32), algo_config={}),
     "Hopper-v5": dict(  # graded by the forward distance (the return pays +1 a step for standing)
         outcome=lambda b: np.clip(forward_distance(b) / 10.0, 0.0, 1.0),
@@ -522,9 +514,8 @@ RULES = {  # what each setting must be beyond its type (and, for a float, being 
 
 def batch_episodes(cfg):
     """Episodes per update: grpo takes whole groups of group_size episodes."""
-    if cfg.algo != "grpo":
-        return cfg.episodes
-    return max(cfg.group_size, cfg.episodes // cfg.group_size * cfg.group_size)
+    g = cfg.group_size
+    return max(g, cfg.episodes // g * g) if cfg.algo == "grpo" else cfg.episodes
 
 
 def config_error(cfg):
@@ -558,15 +549,16 @@ def make_config(given):
     return cfg
 
 
-def saved_config(given, saved, run_dir, free, why):
-    """The saved run's settings under the flags given; a flag not in free that differs is refused."""
+def saved_config(given, run_dir, free, why):
+    """(Config, checkpoint, changes) of run_dir under the flags given; refused: a changed flag not in free."""
+    saved, ckpt = load_checkpoint(run_dir)
     for name in given:
         if name not in free and name not in PLUMBING and given[name] != getattr(saved, name):
             fail(f"{flag(name)} {given[name]} contradicts the run in {run_dir} "
                  f"({name} {getattr(saved, name)}); {why}")
     kept = {k: v for k, v in dataclasses.asdict(saved).items() if k not in PLUMBING}
     changes = [f"resume: {flag(k)} {kept[k]} -> {v}" for k, v in given.items() if k in kept and v != kept[k]]
-    return make_config({**kept, **given, "out": given.get("out") or run_dir}), changes
+    return make_config({**kept, **given, "out": given.get("out") or run_dir}), ckpt, changes
 
 
 def folder_error(path):
@@ -790,10 +782,8 @@ def run_training(cfg, s, ckpt):
         run.bar.close()
         save_checkpoint(run, s)
         result, run.evaluating = None, run.signal is None
-        try:
+        with contextlib.suppress(KeyboardInterrupt):  # a signal in the final evaluation: no result
             result = evaluate(cfg, s.agent, cfg.eval_episodes) if run.evaluating else None
-        except KeyboardInterrupt:
-            pass
         run.evaluating = False
         log_scalars(run.tb, {f"final_{k}": v for k, v in (result or {}).items()}, s.step)
         summary = write_summary(run, s, result)
@@ -818,9 +808,8 @@ def evaluate_saved(given):
     """--eval DIR: the saved policy on the evaluation seeds, printed as JSON. Writes nothing."""
     if any(given.get(k) for k in ("out", "overwrite", "tensorboard")):
         fail("--eval writes nothing: --out, --overwrite and --tensorboard are for training")
-    saved, ckpt = load_checkpoint(given["eval"])
-    cfg, _ = saved_config(given, saved, given["eval"], ("eval_episodes", "num_envs", "threads"),
-                          "--eval takes only --eval-episodes, --num-envs, --threads")
+    cfg, ckpt, _ = saved_config(given, given["eval"], ("eval_episodes", "num_envs", "threads"),
+                                "--eval takes only --eval-episodes, --num-envs, --threads")
     torch.set_num_threads(cfg.threads)
     with torch.random.fork_rng():
         result = evaluate(cfg, load_state(cfg, ckpt).agent, cfg.eval_episodes)
@@ -835,10 +824,9 @@ def main(argv=None):
         return evaluate_saved(given)
     ckpt, changes = None, []
     if given.get("resume"):  # the saved config under the flags given (such as a larger --total-steps)
-        saved, ckpt = load_checkpoint(given["resume"])
         free = [f.name for f in dataclasses.fields(Config) if f.name not in FIXED]
         why = f"a resumed run keeps its {', '.join(FIXED)}"
-        cfg, changes = saved_config(given, saved, given["resume"], free, why)
+        cfg, ckpt, changes = saved_config(given, given["resume"], free, why)
     else:
         cfg = make_config(given)
     check_run_folders(cfg)
