@@ -18,6 +18,7 @@ per seed, A = (R - group mean) / group std. All use sppo.py's PPO clipped loss. 
 import argparse
 import contextlib
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -597,12 +598,10 @@ def start_run_folder(cfg, step):
     os.makedirs(cfg.out, exist_ok=True)
     if not in_place(cfg):
         old = (read_jsonl(os.path.join(cfg.out, "config.json")) or [{}])[0].get("tensorboard")
-        for name in os.listdir(old) if old and os.path.isdir(old) else []:
-            if name.startswith("events.out.tfevents."):
-                os.remove(os.path.join(old, name))
-        for name in RUN_FILES + LOGS:
-            if os.path.exists(os.path.join(cfg.out, name)):
-                os.remove(os.path.join(cfg.out, name))
+        events = glob.glob(os.path.join(glob.escape(old), "events.out.tfevents.*")) if old else []
+        for path in events + [os.path.join(cfg.out, name) for name in RUN_FILES + LOGS]:
+            if os.path.exists(path):
+                os.remove(path)
     for name in LOGS[:1 + cfg.dump_values]:
         rows = read_jsonl(os.path.join(cfg.resume, name)) if step else []
         rows = [r for r in rows if r["step"] <= step]  # a crash may have left later ones
@@ -633,8 +632,7 @@ def load_checkpoint(run_dir):
     if not os.path.isfile(path):
         fail(f"no checkpoint at {path}")
     try:
-        with warnings.catch_warnings():  # torch warns on stderr about some pickle protocols
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(action="ignore"):  # torch warns on stderr about some pickle protocols
             ckpt = torch.load(path, weights_only=True)
         missing = [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else CHECKPOINT_KEYS
         if missing:
@@ -674,8 +672,8 @@ def load_state(cfg, ckpt=None):
 class Run:
     """One training session's files, clocks (of the whole run), progress bar and signal."""
     cfg: Config
-    metrics: object  # metrics.jsonl, opened for appending
-    values: object  # values.jsonl (--dump-values), or None
+    metrics: object  # metrics.jsonl, opened for appending, line-buffered: each row is on disk once written
+    values: object  # values.jsonl (--dump-values) likewise, or None
     t0: float  # when the run would have started had it never stopped: wall seconds = now - t0
     train_seconds: float = 0.0  # of the whole run: evaluations and checkpoint writes excluded
     prev_steps: int = 0  # env steps before the last update
@@ -708,10 +706,8 @@ def log_step(run, s, batch, row):
         row.update(eval_success_rate=result["success_rate"], eval_mean_return=result["mean_return"])
     row.update(wall_seconds=round(now - run.t0, 3), train_seconds=round(run.train_seconds, 3))
     run.metrics.write(json.dumps(row) + "\n")
-    run.metrics.flush()
     if run.values:  # the critic's view of each episode, before its update: how well it tells success apart
         run.values.write(json.dumps(values_row(cfg, batch, s.step)) + "\n")
-        run.values.flush()
     log_scalars(run.tb, row, s.step)
     run.bar.update(min(s.env_steps, cfg.total_steps) - run.bar.n)
     run.bar.set_postfix(outcome=f"{row['reward_mean']:.3f}", success=f"{row['success_rate']:.2f}")
@@ -755,7 +751,7 @@ def run_training(cfg, s, ckpt):
     """Train, checkpointing at the start, when due and at the end; evaluate; summary.json. SIGINT / SIGTERM:
     stop after the step, save, say how to resume, exit 130 / 143."""
     ckpt = ckpt or {}
-    logs = [open(os.path.join(cfg.out, n), "a") if n == LOGS[0] or cfg.dump_values else None for n in LOGS]
+    logs = [open(os.path.join(cfg.out, n), "a", 1) if n == LOGS[0] or cfg.dump_values else None for n in LOGS]
     run = Run(cfg, *logs, t0=time.time() - ckpt.get("wall_seconds", 0.0),
               train_seconds=ckpt.get("train_seconds", 0.0), prev_steps=s.env_steps)
     if cfg.tensorboard:
