@@ -132,9 +132,8 @@ def train(cfg, s, run):
 
 
 def rollout(envs, agent, seeds):
-    """Play one episode per seed, envs.num_envs at a time; a sub-env that ends starts the next seed at once.
-    The batch ends when all its episodes have, so long episodes are not under-sampled. The loop runs once per
-    env step, so it stays in numpy: arrays filled in place, the policy as numpy_sampler (= Agent.sample)."""
+    """One episode per seed, envs.num_envs at a time, a sub-env that ends taking the next seed at once, until
+    all have ended (long episodes are not under-sampled). It loops once per env step, so all in numpy."""
     n, n_env, max_t = len(seeds), envs.num_envs, envs.spec.max_episode_steps
     space = envs.single_action_space
     ep = dict(ret=np.zeros(n), length=np.zeros(n, dtype=np.int64), min_x=np.zeros(n), max_x=np.zeros(n),
@@ -184,8 +183,7 @@ def score(env_id, batch):
 
 
 def advantages(cfg, agent, batch, rewards):
-    """batch.adv [T, E] (and ppo's batch.returns): the block where sppo, grpo and ppo differ. update calls it
-    first, with the critic as it was before this update (the authors' order)."""
+    """batch.adv [T, E] (ppo: and .returns), the critic as before its update: where sppo, grpo, ppo differ."""
     if cfg.algo == "sppo":  # A = R - sigmoid(V(s_0)) from the critic BEFORE its update, on every step
         with torch.no_grad():
             batch.values = agent.value(batch.obs[0])  # [E]
@@ -268,9 +266,8 @@ def mlp(n_in, n_out, hidden, out_std):
 
 
 class Agent(nn.Module):
-    """Actor (categorical or diagonal Gaussian) and critic (sppo: V(s_0), a logit; ppo: V(s_t)), behind a
-    running observation norm: without it MountainCar's velocity (~0.01) is lost next to its position (~0.5).
-    Its statistics are buffers, refreshed between updates only (old and new log-probs see the same inputs)."""
+    """Actor (categorical or diagonal Gaussian) and critic (sppo: V(s_0), a logit; ppo: V(s_t)) behind a
+    running observation norm (else MountainCar's velocity, ~0.01, is lost next to its position, ~0.5)."""
 
     def __init__(self, obs_dim, action_space, hidden):
         super().__init__()
@@ -418,8 +415,7 @@ ENVS = {
     "CartPole-v1": dict(  # graded by the steps balanced
         outcome=lambda b: b.length / 500.0, success=lambda b: b.length >= 500,
         measure=("length", lambda b: b.length),
-        degenerate="the pole falls within ~10 steps under a constant push and ~20 under random pushes; "
-                   "success needs all 500",
+        degenerate="the pole falls within ~10 steps under a constant push, ~20 under random pushes",
         # for speed (bench/control_speed.py): 256 episodes a batch, 32 units, 2 epochs; the lr annealed
         config=dict(total_steps=1_000_000, num_envs=256, episodes=256, hidden=32, update_epochs=2,
                     anneal_lr=True), algo_config={}),
@@ -427,27 +423,24 @@ ENVS = {
         outcome=lambda b: np.where(b.terminated, 1.0,
                                    (np.maximum(np.sin(3 * b.min_x), np.sin(3 * b.max_x)) + 1) / 2),
         success=lambda b: b.terminated, measure=("max_position", lambda b: b.max_x),  # the flag is at 0.5
-        degenerate="the engine is too weak to climb directly: the flag needs swings timed to the velocity, "
-                   "which a constant or random action never builds up in 200 steps",
+        degenerate="the engine is too weak to climb directly: it needs swings timed to the velocity",
         config=dict(total_steps=1_000_000, num_envs=64, episodes=64, update_epochs=4), algo_config={}),
     "LunarLander-v3": dict(  # graded: normalised return, 300 and above gives 1
         outcome=lambda b: np.clip((b.ret + 200.0) / 500.0, 0.0, 1.0), success=lambda b: b.ret >= 200,
         measure=("return", lambda b: b.ret),  # the env's reward is the task: land softly on the pad
-        degenerate="200 needs a soft landing on the pad with little fuel: idle or random engines crash, one "
-                   "engine flies off or spins, hovering burns fuel for 1000 steps",
+        degenerate="200 needs a soft landing on the pad with little fuel: idle or random engines crash",
         config=dict(total_steps=2_000_000), algo_config={}),  # 8 epochs: 0.96 on seeds 101-103, 16: 0.45
     "Pendulum-v1": dict(  # graded: normalised return, 0 is the best possible; success: swung up and held
         outcome=lambda b: np.clip(1.0 + b.ret / 1500.0, 0.0, 1.0),
         success=lambda b: (np.asarray(b.obs[100:, :, 0]) >= np.cos(0.5)).all(0),  # obs[0] = cos(angle)
         measure=("return", lambda b: b.ret),  # the env's cost is the task: upright, still, little torque
-        degenerate="success is within 0.5 rad of upright at every step of the second half: the torque is too "
-                   "weak to lift it directly and upright is unstable, so it keeps hanging or swinging",
+        degenerate="upright (0.5 rad) for the whole second half: the torque is too weak to lift it directly "
+                   "and upright is unstable, so it keeps hanging or swinging",
         config=dict(total_steps=2_000_000, num_envs=64, episodes=64, hidden=32), algo_config={}),
     "Hopper-v5": dict(  # graded by the forward distance (the return pays +1 a step for standing)
         outcome=lambda b: np.clip(forward_distance(b) / 10.0, 0.0, 1.0),
         success=lambda b: forward_distance(b) >= 5.0, measure=("forward_distance", forward_distance),  # m
-        degenerate="success is 5 m forward in 1000 steps: standing still, falling over or random torques "
-                   "move the torso about 1 m at most, and the episode ends once it tilts or drops",
+        degenerate="5 m forward in 1000 steps: standing still, falling or random torques move it 1 m at most",
         config=dict(total_steps=1_000_000, lr=3e-4), algo_config={}),
 }
 EVAL_SEED0 = 10**9  # training seeds are drawn below this, evaluation seeds start here
