@@ -43,7 +43,7 @@ VARIANTS = [
 QUICK_STEPS = 5_000
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run these variants only")
     p.add_argument("--seeds", type=int, default=None, help=f"seeds per variant from {FIRST_SEED} (default 3)")
@@ -52,7 +52,7 @@ def main():
     p.add_argument("--out", default=None, help="run folders (default runs/bench_ablation[_quick])")
     p.add_argument("--results", default=None,
                    help="tables (default bench/results, OUT/results with --quick)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     unknown = set(args.only or ()) - {v[0] for v in VARIANTS}
     if unknown:
         p.error(f"unknown variant(s) {sorted(unknown)}; VARIANTS has {[v[0] for v in VARIANTS]}")

@@ -20,7 +20,6 @@ Writes RESULTS/control_suite.{md,json} and RESULTS/control_<env>.png (plots need
 The helpers (run, bootstrap_ci, bootstrap_diff, run_all, machine) are shared with control_ablation.py.
 """
 import argparse
-import csv
 import json
 import os
 import platform
@@ -66,9 +65,8 @@ def run(env, algo, seed, out, flags=(), eval_episodes=100):
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}), end of {out}.log:\n{tail}")
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
-    with open(os.path.join(out, "metrics.csv")) as f:
-        curve = [(int(r["env_steps"]), float(r["wall_seconds"]), float(r["success_rate"]))
-                 for r in csv.DictReader(f)]
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        curve = [(r["env_steps"], r["wall_seconds"], r["success_rate"]) for r in map(json.loads, f)]
     hit = next((c for c in curve if c[2] >= TARGETS[env]), None)
     return dict(env=env, algo=algo, seed=seed, success_rate=summary["success_rate"],
                 mean_return=summary["mean_return"], env_steps=summary["env_steps"],
@@ -162,7 +160,7 @@ def plot(env, runs, path):
     plt.close(fig)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="1 seed, small budgets, 20 eval episodes")
     p.add_argument("--envs", nargs="+", default=list(BUDGETS))
@@ -171,7 +169,7 @@ def main():
     p.add_argument("--out", default=None, help="run folders (default runs/bench_suite[_quick])")
     p.add_argument("--results", default=None,
                    help="tables and plots (default bench/results, OUT/results with --quick)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     budgets = QUICK_BUDGETS if args.quick else BUDGETS
     n_seeds = {env: args.seeds or (1 if args.quick else SEEDS[env]) for env in args.envs}
     out = args.out or os.path.join(ROOT, "runs", "bench_suite_quick" if args.quick else "bench_suite")

@@ -8,6 +8,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
+import control_ablation  # noqa: E402
 import control_suite  # noqa: E402
 
 
@@ -31,6 +32,7 @@ def test_bootstrap_diff_verdicts():
     assert control_suite.bootstrap_diff([1.0], [0.0])["verdict"] == "not distinguishable from"
 
 
+@pytest.mark.slow
 def test_control_suite_quick(tmp_path):
     out = subprocess.run([sys.executable, "bench/control_suite.py", "--quick", "--envs", "CartPole-v1",
                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -55,6 +57,7 @@ def test_control_suite_quick(tmp_path):
     assert (tmp_path / "results" / "control_CartPole-v1.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_control_ablation_quick_merges_by_name(tmp_path):
     cmd = [sys.executable, "bench/control_ablation.py", "--quick", "--out", str(tmp_path / "runs"),
            "--results", str(tmp_path / "results")]
@@ -76,5 +79,31 @@ def test_control_ablation_quick_merges_by_name(tmp_path):
     assert table["CartPole: no dual-clip"]["runs"][0]["config"]["dual_clip"] == 0
     md = (tmp_path / "results" / "control_ablation.md").read_text()
     assert f"| {pendulum} | Pendulum-v1 | `--num-envs 16 --episodes 32` | 5,000 |" in md
-    bad = subprocess.run(cmd + ["--only", "no such variant"], cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown variant" in bad.stderr
+
+
+def test_control_ablation_refuses_an_unknown_variant(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        control_ablation.main(["--only", "no such variant", "--out", str(tmp_path / "runs")])
+    assert e.value.code == 2 and "unknown variant(s) ['no such variant']" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def test_suite_reads_a_control_run(tmp_path, monkeypatch):
+    """run() reads summary.json and the batch-success curve of metrics.jsonl as control.py writes them."""
+    out = tmp_path / "run"
+
+    def fake_control(cmd, cwd, stdout, stderr, env):  # what `control.py ... --out out` leaves behind
+        out.mkdir()
+        rows = [dict(step=i, env_steps=100 * i, wall_seconds=0.1 * i, success_rate=s)
+                for i, s in enumerate([0.0, 0.5, 0.97], 1)]
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (out / "summary.json").write_text(json.dumps(dict(
+            success_rate=0.96, mean_return=480.0, env_steps=300, wall_seconds=1.0, steps_per_second=400.0,
+            train_seconds=0.75, config={"total_steps": 300})))
+        assert cmd[1:3] == ["control.py", "--env"] and env["OMP_NUM_THREADS"] == "1"
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(control_suite.subprocess, "run", fake_control)
+    r = control_suite.run("CartPole-v1", "sppo", 101, str(out))
+    assert r["curve"] == [(100, 0.1, 0.0), (200, 0.2, 0.5), (300, 0.30000000000000004, 0.97)]
+    assert r["steps_to_target"] == 300 and r["seconds_to_target"] == 0.30000000000000004  # target 0.95
+    assert r["success_rate"] == 0.96 and r["train_seconds"] == 0.75
