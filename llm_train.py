@@ -893,7 +893,7 @@ FIXED_ON_RESUME = ("model", "critic_model", "critic_layers", "algo", "group_size
 def parse_config(argv):
     """Flags from the Config fields, help from their metadata. Only flags given on the command line are kept
     (default=SUPPRESS): --resume takes the run's own config.json, refuses a change of FIXED_ON_RESUME and
-    applies (and logs) any other."""
+    applies any other (main logs them: log_resume_changes)."""
     parser = argparse.ArgumentParser(prog="llm_train.py", description=__doc__.split("\n")[0])
     parser.error = fail  # one line on stderr and exit status 2, like every other bad input
     for f in dataclasses.fields(Config):
@@ -916,10 +916,16 @@ def parse_config(argv):
             fail(f"{flag(key)} cannot change on --resume (the run has {getattr(cfg, key)!r})")
     given.setdefault("out", given["resume"])
     given.setdefault("overwrite", False)
-    for key, value in given.items():
-        if key != "resume" and value != getattr(cfg, key):
-            print(f"resume: {flag(key)} {getattr(cfg, key)} -> {value}", file=sys.stderr)
     return dataclasses.replace(cfg, **given)
+
+
+def log_resume_changes(cfg):
+    """One line per setting that --resume changes, e.g. `resume: --lr 3e-05 -> 1e-05`."""
+    with open(os.path.join(cfg.resume, "config.json")) as f:
+        before = json.load(f)
+    for key, value in dataclasses.asdict(cfg).items():
+        if key not in ("resume", "overwrite") and value != before.get(key):
+            print(f"resume: {flag(key)} {before.get(key)} -> {value}", file=sys.stderr)
 
 
 def flag(name):
@@ -1462,6 +1468,8 @@ def main(argv=None):
         fail("--tensorboard needs the tensorboard package (pip install tensorboard)")
     check_out(cfg)
     reward = load_reward(cfg.reward) if cfg.reward else reward_fn
+    if cfg.resume:
+        log_resume_changes(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)

@@ -6,10 +6,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {"sppo", "grpo", "ppo", "sppo_full_critic"}
 
 
+@pytest.mark.slow
 def test_llm_compare_quick(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
