@@ -250,12 +250,14 @@ def timed(m, key):
 
 
 def rollout(run, step):
-    """Pick the step's prompts (a pure function of seed and step, so resume needs no data state), sample the
-    responses from the old policy, and keep its log-probs: the denominator of the PPO ratio."""
+    """Pick the step's prompts, sample the responses from the old policy, and keep its log-probs: the
+    denominator of the PPO ratio. Prompts and sampling are drawn from (seed, step) alone: a resume needs no
+    RNG state, and nothing that loads before (a GGUF conversion or its cached copy) can move them."""
     cfg, prompts = run.cfg, run.data.train_prompts
     order = random.Random(f"{cfg.seed}-{step}")
     picks = [order.randrange(len(prompts)) for _ in range(cfg.batch_size)]
     picks = [p for p in picks for _ in range(samples_per_prompt(cfg))]  # a group = consecutive samples
+    torch.manual_seed(order.getrandbits(63))  # generate samples from the global RNG (CPU and CUDA)
     batch = generate(run.policy, run.tok, [prompts[p] for p in picks], run.eos_ids, cfg, False, run.device)
     batch.picks = picks
     batch.shared = batch.shared.clone()  # a normal tensor (made in inference mode), as the update needs
@@ -435,11 +437,12 @@ class Critic(nn.Module):
     """A transformer backbone (no LM head) and a linear value head on its final hidden states.
     sppo reads the value at the last prompt position; ppo reads one value per position."""
 
-    def __init__(self, backbone):
+    def __init__(self, backbone, seed=0):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.config.hidden_size, 1)
-        nn.init.normal_(self.head.weight, std=1e-3)  # start near a constant so value_init sets the prediction
+        # near a constant, so that value_init sets the prediction; from its own generator, as sampling
+        nn.init.normal_(self.head.weight, std=1e-3, generator=torch.Generator().manual_seed(seed))
         nn.init.zeros_(self.head.bias)
 
     def forward(self, ids, mask):
@@ -462,7 +465,7 @@ def make_critic(policy, tok, cfg):
         backbone.config.num_hidden_layers = cfg.critic_layers
         if getattr(backbone.config, "layer_types", None):
             backbone.config.layer_types = backbone.config.layer_types[:cfg.critic_layers]
-    critic = Critic(backbone)
+    critic = Critic(backbone, cfg.seed)
     head = os.path.join(cfg.critic_model, "value_head.safetensors") if cfg.critic_model else ""
     if head and os.path.isfile(head):  # a critic saved by this script: keep its value head too
         from safetensors.torch import load_file
@@ -1135,7 +1138,7 @@ def load_models(cfg, ckpt, device):
 
 def build_run(cfg, saved, reward, t_start):
     """Data, models, prompts, optimisers (AdamW, linear warmup then constant: the paper's constant schedule);
-    a resumed run restores its optimisers, schedules, RNG states and counters from the checkpoint."""
+    a resumed run restores its optimisers, schedules and counters from the checkpoint."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train_rows, eval_rows = load_data(cfg)
     policy, tok, critic, critic_tok = load_models(cfg, saved[0] if saved else None, device)
@@ -1162,8 +1165,8 @@ def build_run(cfg, saved, reward, t_start):
 
 
 def restore(run, saved, warmup):
-    """A checkpoint's optimiser and schedule states, RNG states and counters. Its lr, critic lr and weight
-    decay give way to the ones now in cfg (equal unless --resume changed them)."""
+    """A checkpoint's optimiser and schedule states and counters (no RNG state: rollout draws from seed and
+    step). Its lr, critic lr and weight decay give way to cfg's (equal unless --resume changed them)."""
     cfg = run.cfg
     for name, lr in (("actor", cfg.lr), ("critic", cfg.critic_lr)):
         opt, sched = getattr(run, f"{name}_opt"), getattr(run, f"{name}_sched")
@@ -1173,10 +1176,6 @@ def restore(run, saved, warmup):
             sched.base_lrs = [lr]  # LambdaLR: lr = base_lr * warmup(steps done)
             for group in opt.param_groups:
                 group.update(initial_lr=lr, lr=lr * warmup(sched.last_epoch), weight_decay=cfg.weight_decay)
-    torch.set_rng_state(saved["torch_rng"])
-    random.setstate(saved["python_rng"])
-    if saved.get("cuda_rng"):
-        torch.cuda.set_rng_state_all(saved["cuda_rng"])
     run.state = State(**saved["state"])
     run.wall_before, run.saved_step = run.state.wall_seconds, run.state.step
 
@@ -1209,10 +1208,7 @@ def save_checkpoint(run):
                       os.path.join(tmp, "critic", "value_head.safetensors"))
         optim = {k: getattr(run, k) for k in ("actor_opt", "critic_opt", "actor_sched", "critic_sched")}
         torch.save({**{k: o.state_dict() if o else None for k, o in optim.items()},
-                    "state": dataclasses.asdict(run.state), "torch_rng": torch.get_rng_state(),
-                    "python_rng": random.getstate(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                   os.path.join(tmp, "trainer_state.pt"))
+                    "state": dataclasses.asdict(run.state)}, os.path.join(tmp, "trainer_state.pt"))
     except (OSError, RuntimeError) as e:  # a full disk: torch.save raises RuntimeError, the rest OSError
         shutil.rmtree(tmp, ignore_errors=True)
         kept = f"; {run.cfg.out}/latest still points to step {run.saved_step}" if run.saved_step else ""
@@ -1244,7 +1240,7 @@ def read_checkpoint(run_dir):
         saved = torch.load(file, weights_only=True)
     except Exception as e:  # missing, truncated, garbage, or a pickle that is not plain tensors and lists
         fail(f"not a checkpoint written by llm_train.py: {file} (unreadable: {type(e).__name__})")
-    keys = {"state", "actor_opt", "critic_opt", "actor_sched", "critic_sched", "torch_rng", "python_rng"}
+    keys = {"state", "actor_opt", "critic_opt", "actor_sched", "critic_sched"}
     if not (isinstance(saved, dict) and keys <= set(saved) and os.path.isdir(os.path.join(path, "policy"))):
         fail(f"not a checkpoint written by llm_train.py: {path} (missing parts)")
     return path, saved
@@ -1469,8 +1465,6 @@ def main(argv=None):
         log_resume_changes(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
     signals = Signals()
     signals.install()
     try:

@@ -743,3 +743,212 @@ def test_data_file_and_separate_critic_model(tmp_path, monkeypatch):
     start = model.model.layers[0].self_attn.q_proj.weight
     assert not torch.equal(backbone.layers[0].self_attn.q_proj.weight, start)  # trained, from the others
     assert torch.allclose(backbone.layers[0].self_attn.q_proj.weight, start, atol=0.05)
+
+
+# ----------------------------------------------------------------------------- reliability (issue 23)
+def numbers(rows):
+    """The values of metrics rows that do not depend on the clock."""
+    drop = ("wall_seconds", "train_seconds", "peak_memory_bytes")
+    return [{k: v for k, v in r.items() if not k.startswith("time_") and k not in drop} for r in rows]
+
+
+def test_loading_cannot_move_the_results(tmp_path, monkeypatch):
+    """Loading that draws from the global RNG (a GGUF conversion does, its cached copy does not) changes
+    nothing: prompts, samples and the critic's head come from the seed alone."""
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path / "a", "--steps", "2")
+    real = L.load_policy
+
+    def load_and_draw(name, cfg):
+        model = real(name, cfg)
+        torch.rand(1000)  # what a first-run conversion did to every later draw
+        return model
+    monkeypatch.setattr(L, "load_policy", load_and_draw)
+    run(tmp_path / "b", "--steps", "2")
+    a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert numbers(a) == numbers(b) and a[0]["samples"] and a[0]["policy_loss"] != 0.0
+    run(tmp_path / "c", "--steps", "2", "--seed", "1")
+    assert numbers(metrics(tmp_path / "c")) != numbers(a)  # the seed does move them
+
+
+def test_metrics_have_the_shared_keys(tmp_path, monkeypatch):
+    monkeypatch.setattr(L, "reward_fn", lambda c, a: float(len(c) % 2))
+    summary = run(tmp_path, "--steps", "1")
+    m = metrics(tmp_path)[0]
+    for key in ("step", "wall_seconds", "train_seconds", "reward_mean", "success_rate", "critic_loss",
+                "clip_frac", "dual_clip_frac", "approx_kl", "entropy", "lr", "response_length"):
+        assert key in m, key
+    assert "accuracy" not in m and m["success_rate"] == m["reward_mean"] > 0  # rewards are 0 or 1 here
+    assert summary["config"]["lr"] == 1e-3 and summary["interrupted"] is False
+    assert summary["config"] == json.load(open(tmp_path / "config.json"))
+
+
+def test_help_comes_from_the_fields(capsys):
+    with pytest.raises(SystemExit) as e:
+        L.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--value-init, --no-value-init" in out
+    assert "also checkpoint when this many wall seconds" in out and "(default: 300.0)" in out
+
+
+def test_checkpoints_every_n_seconds(tmp_path, monkeypatch):
+    """--save-every-seconds (default 300): a checkpoint once that many wall seconds passed since the last;
+    0: only the first (step 0), the last and on a signal."""
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    real, saved = L.save_checkpoint, []
+    monkeypatch.setattr(L, "save_checkpoint", lambda r: saved.append(r.state.step) or real(r))
+    run(tmp_path / "a", "--steps", "3", "--save-every-seconds", "0")
+    assert saved == [0, 3] and L.Config().save_every_seconds == 300
+    saved.clear()
+    run(tmp_path / "b", "--steps", "3", "--save-every-seconds", "1e-9")
+    assert saved == [0, 1, 2, 3]
+    saved.clear()
+    run(tmp_path / "c", "--steps", "4", "--save-every-seconds", "0", "--save-every", "2")
+    assert saved == [0, 2, 4]
+
+
+def test_resume_applies_and_logs_a_new_lr(tmp_path, monkeypatch, capsys):
+    """--resume --lr: the new lr is the optimiser's after its state loads (not the checkpoint's), and one
+    stderr line says so; a setting that cannot change is refused."""
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path, "--steps", "2")
+    capsys.readouterr()
+    L.main(["--resume", str(tmp_path), "--steps", "3", "--lr", "1e-4"])
+    err = capsys.readouterr().err
+    assert "resume: --lr 0.001 -> 0.0001" in err and "resume: --steps 2 -> 3" in err
+    ms = metrics(tmp_path)
+    assert [m["lr"] for m in ms] == [1e-3, 1e-3, 1e-4]
+    bad(["--resume", str(tmp_path), "--steps", "4", "--seed", "3"], capsys, "--seed cannot change on --resume")
+
+
+def test_overwrite_removes_the_old_tensorboard_events(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path / "r", "--steps", "1", "--tensorboard", str(tmp_path / "tb"))
+    (tmp_path / "tb" / "notes.txt").write_text("mine")
+    assert [n for n in os.listdir(tmp_path / "tb") if n.startswith("events.out.tfevents.")]
+    run(tmp_path / "r", "--steps", "1", "--overwrite")
+    assert os.listdir(tmp_path / "tb") == ["notes.txt"]  # only the event files go
+
+
+def test_stale_conversion_folders_are_removed(tmp_path):
+    p = subprocess.Popen(["true"])
+    p.wait()  # a process that is gone: its pid is (almost surely) free
+    (tmp_path / f"m.gguf-1-2.tmp{p.pid}").mkdir()
+    (tmp_path / f"m.gguf-1-2.tmp{os.getpid()}").mkdir()  # a conversion still being written
+    (tmp_path / "m.gguf-1-2").mkdir()
+    L.remove_stale_conversions(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["m.gguf-1-2", f"m.gguf-1-2.tmp{os.getpid()}"]
+    L.remove_stale_conversions(str(tmp_path / "none"))  # no cache folder yet: nothing to do
+
+
+def test_math_verify_refuses_to_run_without_its_time_limit():
+    """Off the main thread no timer can bound math-verify: the reward refuses in one line (plain numbers,
+    which never reach it, still work)."""
+    import threading
+    got = {}
+
+    def call():
+        got["plain"] = L.reward_fn("Answer: 12", "12")
+        try:
+            L.reward_fn("\\boxed{\\frac{1}{2}}", "0.5")
+        except RuntimeError as e:
+            got["error"] = str(e)
+    t = threading.Thread(target=call)
+    t.start()
+    t.join()
+    assert got["plain"] == 1.0 and "only the main thread" in got["error"] and "\n" not in got["error"]
+    assert L.reward_fn("\\boxed{\\frac{1}{2}}", "0.5") == 1.0  # the main thread: limited, and right
+
+
+def start(out, *args, kill_at="", steps="40"):
+    """llm_train.py in a real process, its reward fake_reward; KILL_AT "step:part" makes it SIGKILL itself
+    inside that step's checkpoint write, right after writing part ("policy" or "critic")."""
+    code = ("import os, signal, sys; sys.path.insert(0, 'tests'); import llm_train as L, test_llm_train as T\n"
+            "L.reward_fn = T.fake_reward\n"
+            "real, at = L.save_model, os.environ.get('KILL_AT', '')\n"
+            "def save_model(model, tok, path):\n"
+            "    real(model, tok, path)\n"
+            "    if at and f'checkpoint-{int(at.split(\":\")[0]):06d}.tmp' in path and path.endswith(at[-6:]):\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            "L.save_model = save_model\n"
+            "L.main(sys.argv[1:])\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "KILL_AT": kill_at}
+    flags = list(args) if args[:1] == ("--resume",) else [*TINY, "--out", str(out), *args]
+    return subprocess.Popen([sys.executable, "-c", code, *flags, "--steps", steps], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(out, step, p, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout and p.poll() is None:
+        if os.path.exists(os.path.join(out, "metrics.jsonl")) and len(metrics(out)) >= step:
+            return
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_and_the_run_resumes_exactly(tmp_path, monkeypatch, sig):
+    """SIGTERM (a scheduler, timeout, docker stop) and SIGINT (Ctrl-C) sent to a real process: it saves at the
+    step boundary, writes summary.json (interrupted), prints one line naming --resume and exits 143 / 130;
+    the resumed run's metrics are the uninterrupted run's."""
+    out = tmp_path / "r"
+    p = start(out, "--save-every-seconds", "0")
+    wait_for_step(out, 2, p)
+    p.send_signal(sig)
+    err = p.communicate(timeout=120)[1]
+    assert p.returncode == 128 + sig, err
+    k = len(metrics(out))
+    assert err.strip().splitlines()[-1] == (f"llm_train.py: stopped by {sig.name} at step {k}; saved {out}; "
+                                            f"continue with --resume {out}")
+    assert os.path.basename(latest(out)) == f"checkpoint-{k:06d}" and 2 <= k < 40
+    assert json.load(open(out / "summary.json"))["interrupted"] is True
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    L.main(["--resume", str(out), "--steps", str(k + 2)])
+    run(tmp_path / "straight", "--steps", str(k + 2), "--save-every-seconds", "0")
+    resumed, straight = metrics(out), metrics(tmp_path / "straight")
+    assert [m["step"] for m in resumed] == list(range(1, k + 3))
+    assert numbers(resumed) == numbers(straight)
+
+
+@pytest.mark.slow
+def test_kill_9_at_any_moment_loses_at_most_a_step(tmp_path, monkeypatch):
+    """kill -9 inside a checkpoint write (twice, at different parts), then at a moment the test does not
+    choose; each time the run resumes, and metrics.jsonl ends with every step exactly once, equal to an
+    uninterrupted run's."""
+    out = tmp_path / "r"
+    p = start(out, "--save-every", "1", kill_at="2:policy", steps="8")
+    p.communicate(timeout=120)
+    assert p.returncode == -signal.SIGKILL
+    assert os.path.basename(latest(out)) == "checkpoint-000001" and len(metrics(out)) == 2  # step 2 logged
+    assert os.path.isdir(out / "checkpoint-000002.tmp")  # the write it cut short
+    p = start(out, "--resume", str(out), kill_at="4:critic", steps="8")
+    p.communicate(timeout=120)
+    assert p.returncode == -signal.SIGKILL and os.path.basename(latest(out)) == "checkpoint-000003"
+    p = start(out, "--resume", str(out), steps="8")
+    wait_for_step(out, 6, p)
+    p.kill()
+    p.communicate(timeout=120)
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    L.main(["--resume", str(out), "--steps", "8"])
+    run(tmp_path / "straight", "--steps", "8", "--save-every", "1")
+    resumed = metrics(out)
+    assert [m["step"] for m in resumed] == list(range(1, 9))
+    assert numbers(resumed) == numbers(metrics(tmp_path / "straight"))
+    assert sorted(d for d in os.listdir(out) if d.startswith("checkpoint-")) == ["checkpoint-000008"]
+
+
+@pytest.mark.slow
+def test_first_run_equals_later_runs_on_smollm2(tmp_path, monkeypatch):
+    """An empty conversion cache (the GGUF file is converted) and a warm one (the conversion loads) give
+    the same samples and the same step: the first run of a machine is like every later one."""
+    monkeypatch.setenv("SPPO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    args = ["--model", "smollm2", "--steps", "1", "--batch-size", "2", "--eval-size", "2", "--max-new-tokens",
+            "8", "--critic-layers", "1", "--samples-every", "1", "--threads", "1"]
+    L.main([*args, "--out", str(tmp_path / "cold")])
+    assert os.listdir(tmp_path / "cache")  # the conversion was written by the first run
+    L.main([*args, "--out", str(tmp_path / "warm")])
+    cold, warm = metrics(tmp_path / "cold"), metrics(tmp_path / "warm")
+    assert cold[0]["samples"][0]["completion"] and numbers(cold) == numbers(warm)
