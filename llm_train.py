@@ -120,6 +120,7 @@ class Config:
     threads: int = arg(0, "torch CPU threads (0 = torch's default)")
     grad_checkpointing: bool = arg(False, "trade compute for memory on big models")
     trust_remote_code: bool = arg(False, "allow custom model code from the hub (off: it runs downloaded code)")
+    bf16_cpu: bool = arg(False, "")  # hidden, for tests: the CUDA path's bf16 autocast on a CPU (autocast())
 
 
 # ---- the method: training loop and step functions ----
@@ -549,8 +550,14 @@ def generation_config(cfg, greedy, eos_ids, pad_id):
                             **sampling)
 
 
+BF16_CPU = False  # set from --bf16-cpu by build_run
+
+
 def autocast(device):
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    """bf16 autocast over float32 weights on CUDA (and on a CPU with the hidden --bf16-cpu, so the tests run
+    this path). Everything it encloses is a model forward; logits go to float32 before any log-softmax, and
+    the value head, the losses and the optimiser stay float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or BF16_CPU)
 
 
 def token_logprobs(logits, tokens, temperature, with_entropy=False):
@@ -897,7 +904,8 @@ def parse_config(argv):
     parser = argparse.ArgumentParser(prog="llm_train.py", description=__doc__.split("\n")[0])
     parser.error = fail  # one line on stderr and exit status 2, like every other bad input
     for f in dataclasses.fields(Config):
-        kw = dict(default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {f.default!r})")
+        help = f"{f.metadata['help']} (default: {f.default!r})" if f.metadata["help"] else argparse.SUPPRESS
+        kw = dict(default=argparse.SUPPRESS, help=help)
         if isinstance(f.default, bool):
             kw["action"] = argparse.BooleanOptionalAction
         else:
@@ -1139,7 +1147,9 @@ def load_models(cfg, ckpt, device):
 def build_run(cfg, saved, reward, t_start):
     """Data, models, prompts, optimisers (AdamW, linear warmup then constant: the paper's constant schedule);
     a resumed run restores its optimisers, schedules and counters from the checkpoint."""
+    global BF16_CPU
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    BF16_CPU = cfg.bf16_cpu
     train_rows, eval_rows = load_data(cfg)
     policy, tok, critic, critic_tok = load_models(cfg, saved[0] if saved else None, device)
     train_prompts = encode_prompts(train_rows, tok, cfg.max_prompt_tokens)

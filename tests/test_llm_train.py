@@ -3,6 +3,7 @@
     HF_HUB_OFFLINE=1 python -m pytest tests/test_llm_train.py -q
 """
 import json
+import math
 import os
 import signal
 import subprocess
@@ -952,3 +953,34 @@ def test_first_run_equals_later_runs_on_smollm2(tmp_path, monkeypatch):
     L.main([*args, "--out", str(tmp_path / "warm")])
     cold, warm = metrics(tmp_path / "cold"), metrics(tmp_path / "warm")
     assert cold[0]["samples"][0]["completion"] and numbers(cold) == numbers(warm)
+
+
+def test_the_cuda_path_on_cpu_bf16_autocast(tmp_path, monkeypatch):
+    """autocast() as on CUDA, on the CPU (--bf16-cpu, hidden): the forward runs in bf16, the log-probs, the
+    value head, the critic's values and the losses stay float32, close to the float32 path; checkpoints of
+    one setting resume under the other."""
+    model, tok, prompts = tiny_batch(["What is 1 + 2?", "Hi"])
+    ids, mask = L.left_pad(prompts, tok.pad_token_id, CPU)
+    critic, _ = L.make_critic(model, tok, L.Config(critic_layers=1))
+    seen = []
+    model.model.layers[0].mlp.register_forward_hook(lambda mod, i, o: seen.append(o.dtype))
+    plain = L.response_logprobs(model, ids, mask, 3, 0.7)
+    monkeypatch.setattr(L, "BF16_CPU", True)
+    logp = L.response_logprobs(model, ids, mask, 3, 0.7)
+    assert seen == [torch.float32, torch.bfloat16] and logp.dtype == torch.float32
+    assert 0 < (logp - plain).abs().max() < 0.1  # bf16 rounding, not another function
+    values = critic(ids, mask)
+    assert values.dtype == critic.head.weight.dtype == torch.float32
+    loss, _ = L.sppo.policy_loss(logp, logp.detach(), torch.ones(2), torch.ones_like(logp), 0.2, 3.0)
+    assert loss.dtype == torch.float32 and L.sppo.critic_loss(values[:, -1], torch.ones(2)).dtype == torch.float32
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path / "a", "--steps", "1", "--bf16-cpu")
+    L.main(["--resume", str(tmp_path / "a"), "--steps", "2", "--no-bf16-cpu"])
+    run(tmp_path / "b", "--steps", "1")
+    summary = L.main(["--resume", str(tmp_path / "b"), "--steps", "2", "--bf16-cpu"])
+    assert summary["steps"] == 2
+    a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert [m["step"] for m in a] == [1, 2] == [m["step"] for m in b]
+    assert a[0]["policy_loss"] != b[0]["policy_loss"]  # the setting does change the arithmetic
+    for m in a + b:
+        assert all(math.isfinite(v) for v in m.values() if isinstance(v, float))
