@@ -27,6 +27,15 @@ TINY = ["--model", "tiny", "--batch-size", "4", "--max-new-tokens", "8", "--eval
 CPU = torch.device("cpu")
 
 
+BUILT_IN = L.arithmetic
+
+
+@pytest.fixture(autouse=True)
+def small_task(monkeypatch):
+    """In-process runs train on 256 built-in problems, not 5000: tokenizing those is most of a tiny run."""
+    monkeypatch.setattr(L, "arithmetic", lambda levels, n, seed, split: BUILT_IN(levels, min(n, 256), seed, split))
+
+
 def fake_reward(completion, answer):
     """The random tiny model never solves arithmetic: a reward that varies, so every algorithm has signal."""
     return float(len(completion) % 3 == 0)
@@ -152,6 +161,7 @@ def test_example_data_fields_and_prompt_template():
     assert L.arithmetic(["add1"], 1, 0, "train")[0]["prompt"].startswith("What is")  # built-in task unchanged
 
 
+@pytest.mark.slow  # imports the datasets package: seconds
 def test_saved_dataset_and_plugin_reward(tmp_path, monkeypatch, capsys):
     datasets = pytest.importorskip("datasets")
     rows = [json.loads(line) for line in open(EXAMPLE)]
@@ -195,10 +205,10 @@ def test_plugin_reward_errors(tmp_path, monkeypatch, capsys):
 
 
 def test_arithmetic_splits_disjoint_and_seeded():
-    train = L.arithmetic(list(L.ARITHMETIC), 2000, 0, "train")
-    test = L.arithmetic(list(L.ARITHMETIC), 500, 0, "test")
+    train = BUILT_IN(list(L.ARITHMETIC), 2000, 0, "train")
+    test = BUILT_IN(list(L.ARITHMETIC), 500, 0, "test")
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
-    assert test == L.arithmetic(list(L.ARITHMETIC), 500, 0, "test")
+    assert test == BUILT_IN(list(L.ARITHMETIC), 500, 0, "test")
     held_out = [L.load_data(L.Config(seed=s, eval_size=64))[1] for s in (0, 1)]
     assert held_out[0] == held_out[1]  # seeds are compared on the same held-out problems
     q = test[0]["prompt"].split("What is ")[1].split("?")[0].split()
