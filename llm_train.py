@@ -70,7 +70,7 @@ def arg(default, help):
 
 @dataclass
 class Config:
-    model: str = arg("smollm2", '"smollm2" (embedded GGUF), "tiny" (random, offline), hub id, folder or .gguf')
+    model: str = arg("smollm2", '"smollm2" (embedded GGUF), "tiny" (random, offline), hub id, folder, .gguf')
     critic_model: str = arg("", 'critic weights; "" = a copy of the policy\'s weights')
     critic_layers: int = arg(6, "keep only the first K transformer layers of the critic (0 = all)")
     algo: str = arg("sppo", "sppo | grpo | ppo")
@@ -81,11 +81,11 @@ class Config:
     micro_batch: int = arg(16, "rows per forward pass of the update, grouped by length: less padding")
     ppo_epochs: int = arg(1, "passes over each batch")
     lr: float = arg(3e-5, "actor learning rate (paper: 1e-6 at 256 prompts/step on GPUs)")
-    critic_lr: float = arg(3e-4, "critic learning rate (paper: 5e-6); high: the solve rate it tracks moves fast")
+    critic_lr: float = arg(3e-4, "critic learning rate (paper: 5e-6); high: the solve rate it tracks moves")
     weight_decay: float = arg(0.01, "AdamW weight decay, actor and critic")
     warmup_steps: int = arg(0, "linear warmup, then a constant learning rate")
     clip_eps: float = arg(0.2, "PPO clip range")
-    dual_clip: float = arg(3.0, "dual-clip c on negative advantages (verl's default, the authors' too); 0 = off")
+    dual_clip: float = arg(3.0, "dual-clip c on negative advantages (verl's default, the authors'); 0 = off")
     max_grad_norm: float = arg(1.0, "gradient norm clip")
     temperature: float = arg(0.7, "sampling temperature; log-probs use the same logits / temperature")
     max_new_tokens: int = arg(32, "response cap (answers to the arithmetic task are short)")
@@ -95,21 +95,21 @@ class Config:
     lam: float = arg(1.0, "ppo: GAE lambda")
     task: str = arg("mul1,add21,add2,mul21", "built-in arithmetic levels, comma list (see ARITHMETIC)")
     data: str = arg("", 'training data: .jsonl, .parquet, a save_to_disk folder or a hub id; "" = built-in')
-    eval_data: str = arg("", 'held-out data, same kinds; "" = built-in test split, or the last rows of --data')
+    eval_data: str = arg("", 'held-out data, same kinds; "" = built-in test split or the last rows of --data')
     data_split: str = arg("train", "split of a hub dataset or DatasetDict folder given as --data")
     eval_split: str = arg("test", "split of a hub dataset or DatasetDict folder given as --eval-data")
     prompt_field: str = arg("prompt", "column holding the problem")
-    answer_field: str = arg("answer", 'column of the gold answer: "42", "$\\frac12$", "\\boxed{2}", "... #### 42"')
-    prompt_template: str = arg("", 'wraps data prompts before the chat template: "{prompt} Think step by step."')
+    answer_field: str = arg("answer", 'gold answer column: "42", "$\\frac12$", "\\boxed{2}", "... #### 42"')
+    prompt_template: str = arg("", 'wraps data prompts, before the chat template: "{prompt} Show your work."')
     reward: str = arg("", "your reward, FILE.py:FUNCTION or module:function, f(completion, answer) -> [0, 1]")
     eval_size: int = arg(256, "held-out problems for greedy evaluation")
     eval_every: int = arg(0, "also evaluate every N steps (0 = only before and after)")
-    eval_every_seconds: float = arg(0.0, "also evaluate when training seconds pass a multiple of this (0 = off)")
+    eval_every_seconds: float = arg(0.0, "also evaluate when training seconds pass a multiple (0 = off)")
     time_budget: float = arg(0.0, "stop training once this many training seconds have passed (0 = off)")
     eval_batch_size: int = arg(256, "prompts per greedy generation batch")
     save_every: int = arg(0, "also checkpoint every N steps (0 = off)")
-    save_every_seconds: float = arg(300.0, "also checkpoint when this many wall seconds passed since the last "
-                                           "save (0 = only at the end and on a signal)")
+    save_every_seconds: float = arg(300.0, "also checkpoint when this many wall seconds passed since the "
+                                    "last save (0 = only at the end and on a signal)")
     samples_every: int = arg(4, "log a few sample completions every N steps (0 = never)")
     dump_values: bool = arg(False, "sppo/ppo: write OUT/values.jsonl, each step's critic values and rewards")
     out: str = arg("runs/llm", "run folder: config.json, metrics.jsonl, summary.json, checkpoint-*/")
@@ -119,7 +119,7 @@ class Config:
     seed: int = arg(0, "seeds data order, sampling and the tiny model")
     threads: int = arg(0, "torch CPU threads (0 = torch's default)")
     grad_checkpointing: bool = arg(False, "trade compute for memory on big models")
-    trust_remote_code: bool = arg(False, "allow custom model code from the hub (off: it runs downloaded code)")
+    trust_remote_code: bool = arg(False, "allow custom model code from the hub (it runs downloaded code)")
     bf16_cpu: bool = arg(False, "")  # hidden, for tests: the CUDA path's bf16 autocast on a CPU (autocast())
 
 
@@ -290,7 +290,7 @@ def start_value_head(critic, algo, rewards):
 
 def critic_values(critic, algo, batch, rows):
     """sppo: one logit V(x) per sample, at the last prompt position, from the prompt ALONE (in the critic's
-    own tokens); ppo: V(s_t) for each response position t, read from the state before token t. [b] or [b, R]."""
+    own tokens); ppo: V(s_t) for each response position t, read from the state before token t. [b], [b, R]."""
     if algo == "sppo":
         return critic(batch.critic_ids[rows], batch.critic_mask[rows])[:, -1]
     return critic(batch.ids[rows], batch.mask[rows])[:, batch.n_prompt - 1:-1]
@@ -324,13 +324,6 @@ def advantages(cfg, batch, m):
     return sppo.whiten(adv, rmaskf), returns
 
 
-def critic_objective(cfg, values, batch, mb):
-    """sppo: L = BCE(V(x), R), so sigmoid(V(x)) learns the solve rate; ppo: L = 0.5 (V(s_t) - G_t)^2."""
-    if cfg.algo == "sppo":
-        return sppo.critic_loss(values, batch.rewards[mb])
-    return sppo.value_loss(values, batch.returns[mb], batch.rmask[mb])
-
-
 def optimiser_step(opt, model, loss, max_norm):
     """Backward, clip the gradient norm, one step. Returns the norm before clipping."""
     opt.zero_grad(set_to_none=True)
@@ -341,14 +334,16 @@ def optimiser_step(opt, model, loss, max_norm):
 
 
 def update_critic(run, batch, m):
-    """One AdamW step per minibatch on critic_objective (grpo has no critic)."""
+    """One AdamW step per minibatch (grpo has no critic). sppo: L = BCE(V(x), R), so sigmoid(V(x)) learns
+    the solve rate; ppo: L = 0.5 (V(s_t) - G_t)^2."""
     cfg = run.cfg
     if run.critic is None:
         return
     for _ in range(cfg.ppo_epochs):
         for mb in sppo.minibatches(len(batch.resp), cfg.minibatches):
             v = critic_values(run.critic, cfg.algo, batch, mb)
-            loss = critic_objective(cfg, v, batch, mb)
+            loss = (sppo.critic_loss(v, batch.rewards[mb]) if cfg.algo == "sppo" else
+                    sppo.value_loss(v, batch.returns[mb], batch.rmask[mb]))
             optimiser_step(run.critic_opt, run.critic, loss, cfg.max_grad_norm)
     run.critic_sched.step()
     m["critic_loss"] = loss.item()
@@ -359,7 +354,7 @@ def update_policy(run, batch, m):
     cfg, stats = run.cfg, []
     for epoch in range(cfg.ppo_epochs):
         for i, mb in enumerate(sppo.minibatches(len(batch.resp), cfg.minibatches)):
-            # log pi_theta(a_t | x, a_<t): response_logprobs, computed faster by update_logprobs (tested equal)
+            # log pi_theta(a_t | x, a_<t): response_logprobs, computed faster by update_logprobs (tested)
             logp = update_logprobs(run.policy, batch, mb, cfg.temperature, cfg.micro_batch)
             # before the first optimiser step the policy IS the sampling policy: ratio exactly 1; later
             # minibatches divide by the log-probs generate sampled with (equal to a recomputation, tested)
@@ -460,8 +455,9 @@ def make_critic(policy, tok, cfg):
         backbone, critic_tok = from_pretrained(AutoModel, cfg.critic_model, cfg, "critic model")
     else:
         backbone, critic_tok = copy.deepcopy(policy.base_model), tok
-    if cfg.critic_layers and cfg.critic_layers < backbone.config.num_hidden_layers:
-        layers = transformer_layers(backbone)
+    n = backbone.config.num_hidden_layers
+    if cfg.critic_layers and cfg.critic_layers < n:  # the blocks: model.layers in Llama/Qwen, h in GPT-2...
+        layers = next(m for m in backbone.modules() if isinstance(m, nn.ModuleList) and len(m) == n)
         del layers[cfg.critic_layers:]
         backbone.config.num_hidden_layers = cfg.critic_layers
         if getattr(backbone.config, "layer_types", None):
@@ -472,15 +468,6 @@ def make_critic(policy, tok, cfg):
         from safetensors.torch import load_file
         critic.head.load_state_dict(load_file(head))
     return critic, critic_tok
-
-
-def transformer_layers(backbone):
-    """The ModuleList holding the transformer blocks (model.layers in Llama/Qwen, h in GPT-2...)."""
-    n = backbone.config.num_hidden_layers
-    for module in backbone.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return module
-    raise ValueError("cannot find the transformer layers")
 
 
 def positions(mask):
@@ -526,7 +513,8 @@ def generate(model, tok, prompts, eos_ids, cfg, greedy, device):
         out = model.generate(input_ids=g_ids, attention_mask=g_mask, cache=cache,
                              generation_config=generation_config(cfg, greedy, eos_ids, tok.pad_token_id))
     resp = out.sequences[:, g_ids.shape[1]:]
-    batch = Batch(prompt_ids=ids, prompt_mask=mask, resp=resp, rmask=response_mask(resp, eos_ids), shared=shared)
+    batch = Batch(prompt_ids=ids, prompt_mask=mask, resp=resp, rmask=response_mask(resp, eos_ids),
+                  shared=shared)
     if not greedy:  # one generation step at a time: no [B, R, vocab] copy in memory
         steps = [token_logprobs(logits, resp[:, t], cfg.temperature, True)
                  for t, logits in enumerate(out.logits)]
@@ -783,12 +771,9 @@ def arithmetic(levels, n, seed, split):
         q = f"{a} {op} {b}"
         if (zlib.crc32(q.encode()) % 5 == 0) == (split == "test"):
             rows.append({"prompt": f"What is {q}? Give the final answer as a number after 'Answer:'",
-                         "answer": str(solve(a, op, b)), "where": f"built-in {split}"})
+                         "answer": str({"+": a + b, "-": a - b, "*": a * b}[op]),
+                         "where": f"built-in {split}"})
     return rows
-
-
-def solve(a, op, b):
-    return a + b if op == "+" else a - b if op == "-" else a * b
 
 
 def read_records(path, split):
@@ -947,15 +932,16 @@ RULES = {  # what each setting must be beyond its type (and, for a float, being 
     "algo": (lambda v: v in ALGOS, f"one of {', '.join(ALGOS)}"),
     "seed": (lambda v: 0 <= v < 2**63, "in [0, 2**63)"),
     "task": (lambda v: all(t in ARITHMETIC for t in v.split(",")), f"levels among {', '.join(ARITHMETIC)}"),
-    "prompt_template": (lambda v: not v or "{prompt}" in v, "empty or contain {prompt}, where each problem goes"),
-    "clip_eps": (lambda v: 0 < v < 1, "in (0, 1)"), "dual_clip": (lambda v: v == 0 or v > 1, "0 (off) or > 1"),
+    "prompt_template": (lambda v: not v or "{prompt}" in v, "empty or contain {prompt}, a problem's place"),
+    "clip_eps": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "dual_clip": (lambda v: v == 0 or v > 1, "0 (off) or > 1"),
     "gamma": UNIT, "lam": UNIT,
     **{k: POSITIVE for k in ("steps", "batch_size", "group_size", "minibatches", "micro_batch", "ppo_epochs",
                              "max_new_tokens", "max_prompt_tokens", "eval_size", "eval_batch_size",
                              "temperature", "max_grad_norm")},
-    **{k: AT_LEAST_0 for k in ("critic_layers", "lr", "critic_lr", "weight_decay", "warmup_steps", "eval_every",
-                               "eval_every_seconds", "time_budget", "save_every", "save_every_seconds",
-                               "samples_every", "threads")},
+    **{k: AT_LEAST_0 for k in ("critic_layers", "lr", "critic_lr", "weight_decay", "warmup_steps",
+                               "eval_every", "eval_every_seconds", "time_budget", "save_every",
+                               "save_every_seconds", "samples_every", "threads")},
 }
 
 
@@ -1037,18 +1023,13 @@ def remove_stale_conversions(root):
     """Delete the <name>.tmp<pid> folders (~0.5 GB each) of conversions whose process died mid-write."""
     for name in os.listdir(root) if os.path.isdir(root) else []:
         pid = re.search(r"\.tmp(\d+)$", name)
-        if pid and not pid_alive(int(pid.group(1))):
+        try:
+            if pid:
+                os.kill(int(pid.group(1)), 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
+        except OSError:  # alive, another user's
+            pass
 
 
 def from_pretrained(auto_class, name, cfg, flag):
@@ -1256,11 +1237,6 @@ def read_checkpoint(run_dir):
     return path, saved
 
 
-def holds_run(folder):
-    return os.path.isdir(folder) and any(name in RUN_FILES or name.startswith("checkpoint-")
-                                         for name in os.listdir(folder))
-
-
 def resumes_in_place(cfg):
     return bool(cfg.resume) and os.path.realpath(cfg.out) == os.path.realpath(cfg.resume)
 
@@ -1270,7 +1246,9 @@ def check_out(cfg):
     run never writes over one without --overwrite). --resume DIR --out OTHER branches: DIR stays as it is."""
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         fail(f"--out {cfg.out} is a file, not a folder")
-    if not resumes_in_place(cfg) and holds_run(cfg.out) and not cfg.overwrite:
+    holds_run = os.path.isdir(cfg.out) and any(n in RUN_FILES or n.startswith("checkpoint-")
+                                                for n in os.listdir(cfg.out))
+    if not resumes_in_place(cfg) and holds_run and not cfg.overwrite:
         fail(f"--out {cfg.out} holds an earlier run: continue it with --resume {cfg.out}, "
              f"or pass --overwrite to replace it")
     top, parent = None, os.path.abspath(cfg.out)  # top: the first folder makedirs creates, removed again
@@ -1375,7 +1353,8 @@ def log_step(run, batch, m):
         if cfg.algo == "sppo":  # one predicted success per prompt: the critic's calibration
             record = {"pred_success": torch.sigmoid(batch.values).tolist()}
         else:  # V(s_t) for t < T of each response: the tail effect
-            record = {"values": [row[:n].tolist() for row, n in zip(batch.values, batch.rmask.sum(1).tolist())]}
+            lengths = batch.rmask.sum(1).tolist()
+            record = {"values": [row[:n].tolist() for row, n in zip(batch.values, lengths)]}
         logs.values.write(json.dumps({"step": m["step"], "algo": cfg.algo, "rewards": batch.rewards.tolist(),
                                       **record}) + "\n")
         logs.values.flush()
@@ -1497,8 +1476,8 @@ def run_all(cfg, saved, reward, t_start, signals):
             acc, length = evaluate_run(run)
             state.eval_accuracy_before = acc
             state.eval_history.append({"step": 0, "eval_accuracy": acc, "eval_response_length": length})
-            print(f"greedy accuracy before training: {acc:.3f} on {len(run.data.eval_rows)} held-out problems",
-                  file=sys.stderr)
+            print(f"greedy accuracy before training: {acc:.3f} on {len(run.data.eval_rows)} held-out "
+                  "problems", file=sys.stderr)
         signals.defer = True
         open_out(run)
         if not saved:

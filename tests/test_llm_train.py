@@ -33,7 +33,8 @@ BUILT_IN = L.arithmetic
 @pytest.fixture(autouse=True)
 def small_task(monkeypatch):
     """In-process runs train on 256 built-in problems, not 5000: tokenizing those is most of a tiny run."""
-    monkeypatch.setattr(L, "arithmetic", lambda levels, n, seed, split: BUILT_IN(levels, min(n, 256), seed, split))
+    monkeypatch.setattr(L, "arithmetic", lambda levels, n, seed, split: BUILT_IN(levels, min(n, 256), seed,
+                                                                                  split))
 
 
 def fake_reward(completion, answer):
@@ -358,8 +359,8 @@ def test_sppo_critic_value_ignores_response_tokens():
         resp = torch.tensor([tok(text)["input_ids"]] * 2)
         full, full_mask = torch.cat([ids, resp], 1), torch.cat([mask, torch.ones_like(resp)], 1)
         with torch.no_grad():
-            b = L.Batch(prompt_ids=ids, prompt_mask=mask, resp=resp, rmask=torch.ones_like(resp), shared=ids[0, :0],
-                        critic_ids=ids, critic_mask=mask)
+            b = L.Batch(prompt_ids=ids, prompt_mask=mask, resp=resp, rmask=torch.ones_like(resp),
+                        shared=ids[0, :0], critic_ids=ids, critic_mask=mask)
             values[name] = L.critic_values(critic, "sppo", b, slice(None))
             values["ppo_" + name] = L.critic_values(critic, "ppo", b, slice(None))
     assert values["a"].shape == (2,)
@@ -535,7 +536,8 @@ def bad(args, capsys, fragment, whole=True):
 def test_bad_input(tmp_path, capsys):
     out = ["--out", str(tmp_path / "o")]
     bad([*TINY, "--algo", "dpo", *out], capsys, "invalid choice")
-    bad([*TINY, "--algo", "grpo", "--group-size", "1", *out], capsys, "--group-size must be at least 2 for grpo, got 1")
+    bad([*TINY, "--algo", "grpo", "--group-size", "1", *out], capsys,
+        "--group-size must be at least 2 for grpo, got 1")
     bad([*TINY, "--data", str(tmp_path / "missing.jsonl"), *out], capsys, "data file not found")
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"prompt": "1+1?", "answer": "2"}\n{"answer": "3"}\n')
@@ -829,7 +831,8 @@ def test_resume_applies_and_logs_a_new_lr(tmp_path, monkeypatch, capsys):
     assert "resume: --lr 0.001 -> 0.0001" in err and "resume: --steps 2 -> 3" in err
     ms = metrics(tmp_path)
     assert [m["lr"] for m in ms] == [1e-3, 1e-3, 1e-4]
-    bad(["--resume", str(tmp_path), "--steps", "4", "--seed", "3"], capsys, "--seed cannot change on --resume")
+    bad(["--resume", str(tmp_path), "--steps", "4", "--seed", "3"], capsys,
+        "--seed cannot change on --resume (the run has 0)")
 
 
 def test_overwrite_removes_the_old_tensorboard_events(tmp_path, monkeypatch):
@@ -875,12 +878,14 @@ def test_math_verify_refuses_to_run_without_its_time_limit():
 def start(out, *args, kill_at="", steps="40"):
     """llm_train.py in a real process, its reward fake_reward; KILL_AT "step:part" makes it SIGKILL itself
     inside that step's checkpoint write, right after writing part ("policy" or "critic")."""
-    code = ("import os, signal, sys; sys.path.insert(0, 'tests'); import llm_train as L, test_llm_train as T\n"
+    code = ("import os, signal, sys; sys.path.insert(0, 'tests')\n"
+            "import llm_train as L, test_llm_train as T\n"
             "L.reward_fn = T.fake_reward\n"
             "real, at = L.save_model, os.environ.get('KILL_AT', '')\n"
             "def save_model(model, tok, path):\n"
             "    real(model, tok, path)\n"
-            "    if at and f'checkpoint-{int(at.split(\":\")[0]):06d}.tmp' in path and path.endswith(at[-6:]):\n"
+            "    step, part = at.split(':') if at else (0, '-')\n"
+            "    if f'checkpoint-{int(step):06d}.tmp' in path and path.endswith(part):\n"
             "        os.kill(os.getpid(), signal.SIGKILL)\n"
             "L.save_model = save_model\n"
             "L.main(sys.argv[1:])\n")
@@ -904,6 +909,7 @@ def test_a_signal_saves_and_the_run_resumes_exactly(tmp_path, monkeypatch, sig):
     """SIGTERM (a scheduler, timeout, docker stop) and SIGINT (Ctrl-C) sent to a real process: it saves at the
     step boundary, writes summary.json (interrupted), prints one line naming --resume and exits 143 / 130;
     the resumed run's metrics are the uninterrupted run's."""
+    monkeypatch.setattr(L, "arithmetic", BUILT_IN)  # the process trains on all 5000 problems: so do we
     out = tmp_path / "r"
     p = start(out, "--save-every-seconds", "0")
     wait_for_step(out, 2, p)
@@ -928,6 +934,7 @@ def test_kill_9_at_any_moment_loses_at_most_a_step(tmp_path, monkeypatch):
     """kill -9 inside a checkpoint write (twice, at different parts), then at a moment the test does not
     choose; each time the run resumes, and metrics.jsonl ends with every step exactly once, equal to an
     uninterrupted run's."""
+    monkeypatch.setattr(L, "arithmetic", BUILT_IN)  # the process trains on all 5000 problems: so do we
     out = tmp_path / "r"
     p = start(out, "--save-every", "1", kill_at="2:policy", steps="8")
     p.communicate(timeout=120)
@@ -982,7 +989,7 @@ def test_the_cuda_path_on_cpu_bf16_autocast(tmp_path, monkeypatch):
     values = critic(ids, mask)
     assert values.dtype == critic.head.weight.dtype == torch.float32
     loss, _ = L.sppo.policy_loss(logp, logp.detach(), torch.ones(2), torch.ones_like(logp), 0.2, 3.0)
-    assert loss.dtype == torch.float32 and L.sppo.critic_loss(values[:, -1], torch.ones(2)).dtype == torch.float32
+    assert loss.dtype == L.sppo.critic_loss(values[:, -1], torch.ones(2)).dtype == torch.float32
     monkeypatch.setattr(L, "reward_fn", fake_reward)
     run(tmp_path / "a", "--steps", "1", "--bf16-cpu")
     L.main(["--resume", str(tmp_path / "a"), "--steps", "2", "--no-bf16-cpu"])
