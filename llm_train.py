@@ -50,7 +50,7 @@ import time
 import urllib.parse
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Optional, TextIO
+from typing import TYPE_CHECKING, Callable, Optional, TextIO
 
 import torch
 import torch.nn as nn
@@ -59,6 +59,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 import sppo
+
+if TYPE_CHECKING:  # for the annotations only: transformers loads when a model does
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ALGOS = ("sppo", "grpo", "ppo")
 
@@ -183,15 +187,15 @@ class Run:
     """Everything a training step reads or changes; built once by build_run()."""
     cfg: Config
     device: torch.device
-    policy: nn.Module  # a transformers causal LM
-    tok: object  # its tokenizer (PreTrainedTokenizerBase)
+    policy: PreTrainedModel  # a causal LM
+    tok: PreTrainedTokenizerBase
     critic: Optional[Critic]  # None for grpo
-    critic_tok: Optional[object]
+    critic_tok: Optional[PreTrainedTokenizerBase]
     actor_opt: torch.optim.AdamW
     critic_opt: Optional[torch.optim.AdamW]
     actor_sched: LambdaLR  # linear warmup, then constant
     critic_sched: Optional[LambdaLR]
-    eos_ids: list  # every id that ends a turn
+    eos_ids: list[int]  # every id that ends a turn
     reward: Callable[[str, str], float]
     data: Data
     state: State
@@ -1318,7 +1322,7 @@ def remove_run(out):
 class Logs:
     metrics: Optional[TextIO] = None  # OUT/metrics.jsonl
     values: Optional[TextIO] = None  # OUT/values.jsonl (--dump-values)
-    tensorboard: Optional[object] = None  # a SummaryWriter (--tensorboard)
+    tensorboard: Optional[SummaryWriter] = None  # --tensorboard
     bar: Optional[tqdm] = None
 
 
@@ -1459,7 +1463,8 @@ def main(argv=None):
     try:
         return run_all(cfg, saved, reward, t_start, signals)
     except KeyboardInterrupt:  # outside the training loop: loading or an evaluation, nothing unsaved lost
-        print(f"llm_train.py: stopped by {signals.name()} before training", file=sys.stderr)
+        print(f"llm_train.py: stopped by {signals.name()} before training began; nothing to save",
+              file=sys.stderr)
         sys.exit(128 + (signals.got or signal.SIGINT))
     finally:
         signals.restore()
