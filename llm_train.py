@@ -1418,6 +1418,8 @@ class Signals:
         self.got, self.defer, self.previous = 0, False, {}
 
     def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return  # main() called from a thread: signals stay the caller's
         for s in (signal.SIGINT, signal.SIGTERM):
             self.previous[s] = signal.signal(s, self.handler)
 
