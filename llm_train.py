@@ -1229,7 +1229,8 @@ def read_checkpoint(run_dir):
         with open(os.path.join(run_dir, "latest")) as f:
             path = os.path.join(run_dir, f.read().strip())
     except OSError:
-        fail(f"--resume {run_dir}: no checkpoint there (no 'latest' file)")
+        fail(f"--resume {run_dir}: no checkpoint there (no 'latest' file); start anew with --out {run_dir} "
+             "--overwrite")
     file = os.path.join(path, "trainer_state.pt")
     try:
         saved = torch.load(file, weights_only=True)
@@ -1253,6 +1254,9 @@ def check_out(cfg):
     holds_run = os.path.isdir(cfg.out) and any(n in RUN_FILES or n.startswith("checkpoint-")
                                                 for n in os.listdir(cfg.out))
     if not resumes_in_place(cfg) and holds_run and not cfg.overwrite:
+        if not os.path.isfile(os.path.join(cfg.out, "latest")):  # stopped before its first checkpoint
+            fail(f"--out {cfg.out} holds an earlier run that saved no checkpoint: pass --overwrite to "
+                 "replace it")
         fail(f"--out {cfg.out} holds an earlier run: continue it with --resume {cfg.out}, "
              f"or pass --overwrite to replace it")
     top, parent = None, os.path.abspath(cfg.out)  # top: the first folder makedirs creates, removed again

@@ -597,6 +597,28 @@ def test_an_earlier_run_is_never_overwritten(tmp_path, monkeypatch, capsys):
     assert [d for d in os.listdir(branch) if d.startswith("checkpoint-")] == ["checkpoint-000001"]
 
 
+def test_a_run_killed_before_its_first_checkpoint_points_to_overwrite(tmp_path, monkeypatch, capsys):
+    """Killed after the run folder is written but before the step-0 checkpoint: no --resume is possible, so
+    both a new run and --resume name --overwrite, and --overwrite starts it again."""
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    real = L.save_checkpoint
+
+    def killed(run):
+        raise RuntimeError("killed")
+    monkeypatch.setattr(L, "save_checkpoint", killed)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed"):
+        L.main([*TINY, "--out", str(out), "--steps", "1"])
+    monkeypatch.setattr(L, "save_checkpoint", real)
+    assert "latest" not in os.listdir(out) and "config.json" in os.listdir(out)
+    capsys.readouterr()
+    bad([*TINY, "--out", str(out)], capsys, f"--out {out} holds an earlier run that saved no checkpoint: "
+        "pass --overwrite to replace it")
+    bad(["--resume", str(out)], capsys, f"no checkpoint there (no 'latest' file); start anew with --out {out} "
+        "--overwrite")
+    assert L.main([*TINY, "--out", str(out), "--steps", "1", "--overwrite"])["steps"] == 1
+
+
 def test_resume_drops_metrics_of_unsaved_steps(tmp_path, monkeypatch):
     """A crash after a step was logged but before it was saved: the resumed run logs that step once."""
     monkeypatch.setattr(L, "reward_fn", fake_reward)
