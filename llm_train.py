@@ -212,15 +212,13 @@ TIME_KEYS = ("time_generate", "time_score", "time_values", "time_critic", "time_
 
 
 def train(run):
-    """Steps state.step + 1 .. cfg.steps (fewer once --time-budget is spent). SIGINT or SIGTERM ends the loop
-    at the next step boundary, after a checkpoint."""
+    """Steps state.step + 1 .. cfg.steps (or until --time-budget); a signal stops it at a step boundary."""
     cfg, state = run.cfg, run.state
     for step in range(state.step + 1, cfg.steps + 1):
         m = {"step": step}
         with timed(m, "time_generate"):
             batch = rollout(run, step)
         with timed(m, "time_score"):
-            batch.texts = decode(run.tok, batch.resp, batch.rmask)
             batch.rewards = score(run, batch)  # a bad reward raises BadReward: nothing of this step applied
         with timed(m, "time_values"):
             if run.critic is not None and cfg.value_init and not state.value_initialised:
@@ -236,7 +234,7 @@ def train(run):
         step_metrics(run, batch, m)
         state.step = step  # the weights are this step's now
         if eval_due(cfg, step, seconds_before, state.train_seconds) and not last_step(run, step):
-            m["eval_accuracy"], m["eval_response_length"] = evaluate_run(run)  # (the last step's: finish())
+            m["eval_accuracy"], m["eval_response_length"] = evaluate(run)  # (the last step's: finish())
             state.eval_history.append({"step": step, "eval_accuracy": m["eval_accuracy"]})
         log_step(run, batch, m)  # plumbing: metrics.jsonl, TensorBoard; a non-finite number stops the run
         save_if_due(run, step)  # plumbing: --save-every, --save-every-seconds, a signal, the last step
@@ -255,9 +253,8 @@ def timed(m, key):
 
 
 def rollout(run, step):
-    """Pick the step's prompts, sample the responses from the old policy, and keep its log-probs: the
-    denominator of the PPO ratio. Prompts and sampling are drawn from (seed, step) alone: a resume needs no
-    RNG state, and nothing that loads before (a GGUF conversion or its cached copy) can move them."""
+    """Pick the step's prompts, sample responses and their log-probs (the PPO ratio's denominator) from the
+    old policy. Drawn from (seed, step) alone: a resume needs no RNG state, and loading cannot move them."""
     cfg, prompts = run.cfg, run.data.train_prompts
     order = random.Random(f"{cfg.seed}-{step}")
     picks = [order.randrange(len(prompts)) for _ in range(cfg.batch_size)]
@@ -270,31 +267,28 @@ def rollout(run, step):
 
 
 def samples_per_prompt(cfg):
-    """grpo samples a group of group_size responses per prompt (its baseline is the group's mean reward);
-    sppo and ppo sample one."""
+    """grpo samples a group of group_size responses per prompt (its baseline); sppo and ppo one."""
     return cfg.group_size if cfg.algo == "grpo" else 1
 
 
 def score(run, batch):
     """The verifiable outcome reward R(x, y), one number in [0, 1] per response: [B]."""
+    batch.texts = decode(run.tok, batch.resp, batch.rmask)
     answers = [run.data.train_rows[p]["answer"] for p in batch.picks]
     return torch.tensor(score_texts(run.reward, batch.texts, answers), device=run.device)
 
 
 def start_value_head(critic, algo, rewards):
-    """The critic's starting prediction, before its first use: the first batch's success rate (sppo's head
-    gives a logit). A critic at 0.5 when ~5% succeed makes every advantage negative, and the policy only
-    learns to stop early. Not in the paper (its head starts at bias 0); --no-value-init turns it off."""
-    if algo == "sppo":
-        start = sppo.success_logit(rewards, eps=0.02)
-    else:
-        start = rewards.mean().clamp(0.02, 0.98).item()
+    """The critic's first prediction: the first batch's success rate (sppo: as a logit). At 0.5 when ~5%
+    succeed every advantage is negative and the policy learns to stop early. Not in the paper (bias 0)."""
+    start = (sppo.success_logit(rewards, eps=0.02) if algo == "sppo" else
+             rewards.mean().clamp(0.02, 0.98).item())
     critic.head.bias.data.fill_(start)
 
 
 def critic_values(critic, algo, batch, rows):
-    """sppo: one logit V(x) per sample, at the last prompt position, from the prompt ALONE (in the critic's
-    own tokens); ppo: V(s_t) for each response position t, read from the state before token t. [b], [b, R]."""
+    """sppo: one logit V(x) per sample at the last prompt position, from the prompt ALONE (the critic's own
+    tokens): [b]; ppo: V(s_t) for each response position t, from the state before token t: [b, R]."""
     if algo == "sppo":
         return critic(batch.critic_ids[rows], batch.critic_mask[rows])[:, -1]
     return critic(batch.ids[rows], batch.mask[rows])[:, batch.n_prompt - 1:-1]
@@ -312,8 +306,7 @@ def compute_values(run, batch):
 
 
 def advantages(cfg, batch, m):
-    """What the three algorithms do differently: (advantages, critic targets). One advantage per sequence
-    for sppo and grpo, one per token for ppo."""
+    """What the three algorithms do differently: (advantages, critic targets); per sequence or per token."""
     rewards, values, rmask = batch.rewards, batch.values, batch.rmask
     if cfg.algo == "sppo":  # A = R - sigmoid(V(x)), V from BEFORE the critic's update; no whitening
         pred = torch.sigmoid(values)
@@ -338,8 +331,8 @@ def optimiser_step(opt, model, loss, max_norm):
 
 
 def update_critic(run, batch, m):
-    """One AdamW step per minibatch (grpo has no critic). sppo: L = BCE(V(x), R), so sigmoid(V(x)) learns
-    the solve rate; ppo: L = 0.5 (V(s_t) - G_t)^2."""
+    """One AdamW step per minibatch. sppo: L = BCE(V(x), R), sigmoid(V(x)) learns the solve rate; ppo:
+    L = 0.5 (V(s_t) - G_t)^2; grpo has no critic."""
     cfg = run.cfg
     if run.critic is None:
         return
@@ -387,7 +380,8 @@ def step_metrics(run, batch, m):
     if cfg.samples_every and (m["step"] % cfg.samples_every == 0 or m["step"] == 1):
         rows = run.data.train_rows
         m["samples"] = [dict(prompt=rows[p]["prompt"], answer=rows[p]["answer"], completion=t, reward=r)
-                        for p, t, r in list(zip(batch.picks, batch.texts, rewards.tolist()))[:3]]
+                        for p, t, r in zip(batch.picks[:3], batch.texts, rewards.tolist())]
+
 
 
 def last_step(run, step):
@@ -422,20 +416,16 @@ def tiny_model(seed):
 
 
 def end_ids(model, tok):
-    """Every id that ends a turn: the tokenizer's and generation config's EOS, and known end-of-turn
-    tokens."""
-    ids = {tok.eos_token_id}
+    """Every id that ends a turn: the tokenizer's and generation config's EOS, known end-of-turn tokens."""
     gen_eos = getattr(model.generation_config, "eos_token_id", None)
-    ids |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
-    for t in ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>"):
-        i = tok.convert_tokens_to_ids(t) if t in tok.get_vocab() else None
-        ids.add(i)
+    ids = {tok.eos_token_id, *(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])}
+    ends = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<end_of_turn>")
+    ids |= {tok.convert_tokens_to_ids(t) for t in ends if t in tok.get_vocab()}
     return sorted(i for i in ids if i is not None)
 
 
 class Critic(nn.Module):
-    """A transformer backbone (no LM head) and a linear value head on its final hidden states.
-    sppo reads the value at the last prompt position; ppo reads one value per position."""
+    """A transformer backbone (no LM head) and a linear value head on its final hidden states."""
 
     def __init__(self, backbone, seed=0):
         super().__init__()
@@ -467,8 +457,8 @@ def make_critic(policy, tok, cfg):
         if getattr(backbone.config, "layer_types", None):
             backbone.config.layer_types = backbone.config.layer_types[:cfg.critic_layers]
     critic = Critic(backbone, cfg.seed)
-    head = os.path.join(cfg.critic_model, "value_head.safetensors") if cfg.critic_model else ""
-    if head and os.path.isfile(head):  # a critic saved by this script: keep its value head too
+    head = os.path.join(cfg.critic_model, "value_head.safetensors")
+    if cfg.critic_model and os.path.isfile(head):  # a critic saved by this script: keep its value head too
         from safetensors.torch import load_file
         critic.head.load_state_dict(load_file(head))
     return critic, critic_tok
@@ -499,11 +489,9 @@ def response_mask(response, eos_ids):
 
 @torch.inference_mode()
 def generate(model, tok, prompts, eos_ids, cfg, greedy, device):
-    """Sample (or greedily decode) one response per prompt: a Batch. Sampling also returns logp and entropy
-    of each response token, from the logits generate computed anyway (top_k=0, top_p=1, so they are exactly
-    softmax(logits / temperature)): the PPO ratio's denominator without a second forward pass. Generation
-    stops once every row has ended. Speed: the prefix every prompt shares runs once (prefix_cache), and
-    only each row's own tokens, left-padded after it, are prefilled (positions from the mask, as HF does)."""
+    """Sample (or greedily decode) one response per prompt: a Batch. Sampling also keeps each token's logp
+    and entropy from the logits generate computed anyway (exactly softmax(logits / T): top_k=0, top_p=1), the
+    ratio's denominator without a second forward. Speed: the prefix all prompts share runs once."""
     ids, mask = left_pad(prompts, tok.pad_token_id, device)
     shared = shared_prefix(ids, mask)
     if model.is_activation_checkpointing:  # it turns the key/value cache off in training: no sharing
@@ -532,8 +520,7 @@ def decode(tok, resp, rmask):
 
 
 def generation_config(cfg, greedy, eos_ids, pad_id):
-    """Stop on any end-of-turn id; set every sampling knob, so a hub model's own defaults (top_k=20...) cannot
-    leak in. top_k=0, top_p=1: the sampling distribution is exactly softmax(logits / temperature)."""
+    """Stop on any end-of-turn id; set every sampling knob, so a hub model's defaults (top_k=20) stay out."""
     from transformers import GenerationConfig
     sampling = ({"do_sample": False} if greedy else
                 {"do_sample": True, "temperature": cfg.temperature, "top_k": 0, "top_p": 1.0})
@@ -546,9 +533,8 @@ BF16_CPU = False  # set from --bf16-cpu by build_run
 
 
 def autocast(device):
-    """bf16 autocast over float32 weights on CUDA (and on a CPU with the hidden --bf16-cpu, so the tests run
-    this path). Everything it encloses is a model forward; logits go to float32 before any log-softmax, and
-    the value head, the losses and the optimiser stay float32."""
+    """bf16 autocast of model forwards on CUDA (on a CPU with the hidden --bf16-cpu: tests); log-softmax,
+    value head, losses and optimiser stay float32."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" or BF16_CPU)
 
 
@@ -562,22 +548,21 @@ def token_logprobs(logits, tokens, temperature, with_entropy=False):
 
 
 def response_logprobs(model, ids, mask, n_prompt, temperature):
-    """THE DEFINITION of the update's log-probs log pi_theta(a_t | x, a_<t): token_logprobs of one forward
-    pass over prompt and response. ids/mask: [B, P + R] (left-padded prompt then response); returns [B, R].
-    The update computes the same faster (update_logprobs, tested equal)."""
+    """THE DEFINITION of the update's log pi_theta(a_t | x, a_<t): one forward over prompt and response.
+    ids/mask: [B, P + R]; returns [B, R]. The update computes the same faster (update_logprobs, tested)."""
     with autocast(ids.device):
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
                        logits_to_keep=ids.shape[1] - n_prompt + 1).logits[:, :-1]
     return token_logprobs(logits, ids[:, n_prompt:], temperature)
 
 
-def evaluate(policy, tok, prompts, rows, eos_ids, cfg, device, reward):
+def evaluate(run):
     """Greedy accuracy on the held-out problems (the share of responses with reward 1), mean length."""
-    correct, lengths = 0, 0
-    for i in range(0, len(prompts), cfg.eval_batch_size):
-        g = generate(policy, tok, prompts[i:i + cfg.eval_batch_size], eos_ids, cfg, True, device)
-        answers = [r["answer"] for r in rows[i:i + len(g.resp)]]
-        rewards = score_texts(reward, decode(tok, g.resp, g.rmask), answers)
+    correct, lengths, prompts, size = 0, 0, run.data.eval_prompts, run.cfg.eval_batch_size
+    for i in range(0, len(prompts), size):
+        g = generate(run.policy, run.tok, prompts[i:i + size], run.eos_ids, run.cfg, True, run.device)
+        answers = [r["answer"] for r in run.data.eval_rows[i:i + len(g.resp)]]
+        rewards = score_texts(run.reward, decode(run.tok, g.resp, g.rmask), answers)
         correct += sum(r == 1.0 for r in rewards)
         lengths += g.rmask.sum().item()
     return correct / len(prompts), lengths / len(prompts)
@@ -591,9 +576,8 @@ def peak_memory(device):
 
 # ---- speed: faster equivalents, each tested equal ----
 def shared_prefix(prompt_ids, prompt_mask):
-    """The tokens every prompt of the batch starts with, [S] (the chat template's system prompt and more,
-    for SmolLM2 on the built-in task about half the prompt), at most the shortest prompt's length - 1, so each
-    row keeps a prompt token to predict its first response token from."""
+    """The tokens every prompt starts with, [S] (the system prompt and more: about half a SmolLM2 prompt),
+    at most the shortest prompt's length - 1: each row keeps a token to predict its first response token."""
     lengths = prompt_mask.sum(1)
     first = prompt_ids.shape[1] - lengths  # left padding: the column each prompt starts at
     n = int(lengths.min())
@@ -603,20 +587,17 @@ def shared_prefix(prompt_ids, prompt_mask):
 
 
 def prefix_cache(model, shared, mask):
-    """The keys and values of the shared tokens, computed once for one row and repeated for each row of mask
-    (the rows' own tokens), and the attention mask of the whole: ones on the shared tokens, then mask."""
+    """The shared tokens' keys and values, computed for one row, repeated for each row of mask (the rows'
+    own tokens), and the attention mask of the whole: ones on the shared tokens, then mask."""
     cache = model(input_ids=shared[None], use_cache=True).cache
     cache.batch_repeat_interleave(len(mask))
     return cache, torch.cat([mask.new_ones(len(mask), len(shared)), mask], 1)
 
 
 def minibatch_logprobs(model, batch, mb, temperature):
-    """response_logprobs of rows mb, computing only what differs between rows. The prefix every prompt
-    shares (batch.shared) runs once, as a single row whose keys and values every row attends to (the
-    gradient flows back through them); each row then drops those tokens and the columns that are padding
-    in all rows (left of their longest remaining prompt, right of their longest response). Positions stay
-    those of the full sequence, so the log-probs are response_logprobs' (tested). Padded back to the
-    batch's response width with zeros, which rmask masks out."""
+    """response_logprobs of rows mb, computing only what differs between rows: the shared prefix runs once
+    as one row every row attends to (gradient flows back through it), and columns that are padding in all
+    rows are dropped. Positions stay the full sequence's (tested equal); zero-padded to the batch's width."""
     n_prompt, shared = batch.n_prompt, batch.shared
     start = n_prompt - batch.prompt_mask[mb].sum(1, keepdim=True)  # where each row's prompt starts
     cols = torch.arange(n_prompt + batch.resp.shape[1], device=start.device)
@@ -635,9 +616,8 @@ def minibatch_logprobs(model, batch, mb, temperature):
 
 
 def update_logprobs(model, batch, mb, temperature, micro_batch):
-    """minibatch_logprobs of rows mb, micro_batch rows at a time, rows of similar response length together,
-    so each pass pads to less. One autograd graph spans the passes: the minibatch's loss and gradient are
-    the same as in one pass (tested)."""
+    """minibatch_logprobs of rows mb, micro_batch rows of similar length at a time (less padding); one
+    autograd graph spans the passes: the same loss and gradient as one pass (tested)."""
     order = batch.rmask[mb].sum(1).argsort(stable=True)
     parts = [minibatch_logprobs(model, batch, mb[rows], temperature) for rows in order.split(micro_batch)]
     return torch.cat(parts)[order.argsort()]
@@ -717,10 +697,6 @@ def math_equal(got, gold):
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # a timeout is a wrong answer, not news
     if len(got) > MAX_ANSWER or len(gold) > MAX_ANSWER:
         return False
-
-    def check():  # math-verify's own timeouts are off: our timer covers parse and verify together
-        return verify(parse(f"${gold}$", parsing_timeout=None), parse(f"${got}$", parsing_timeout=None),
-                      timeout_seconds=None)
     if threading.current_thread() is not threading.main_thread():  # a timer signal reaches only that one
         raise RuntimeError("the built-in reward checks non-numeric answers with math-verify under a CPU-time "
                            "limit that only the main thread can set: call reward_fn from the main thread")
@@ -730,8 +706,9 @@ def math_equal(got, gold):
     # CPU time, not wall time: on a busy machine a wall-clock budget turned right answers into wrong ones
     previous = signal.signal(signal.SIGPROF, on_alarm)
     signal.setitimer(signal.ITIMER_PROF, VERIFY_SECONDS)
-    try:
-        return check()
+    try:  # math-verify's own timeouts are off: our timer covers parse and verify together
+        return verify(parse(f"${gold}$", parsing_timeout=None), parse(f"${got}$", parsing_timeout=None),
+                      timeout_seconds=None)
     except TimeoutException:
         return False
     finally:
@@ -765,8 +742,7 @@ def score_texts(reward, texts, answers):
 
 
 def arithmetic(levels, n, seed, split):
-    """n seeded problems from the built-in task. A problem is in the test split iff crc32(text) % 5 == 0,
-    so the train and test splits are disjoint whatever the seed."""
+    """n seeded problems of the built-in task; in the test split iff crc32(text) % 5 == 0: disjoint splits."""
     rng = random.Random(f"{seed}-{split}")
     rows = []
     while len(rows) < n:
@@ -781,11 +757,9 @@ def arithmetic(levels, n, seed, split):
 
 
 def read_records(path, split):
-    """(where, record) pairs from a .jsonl or .parquet file, a folder written by datasets' save_to_disk, or a
-    hub dataset id. Only the last two need the datasets package."""
-    if path.endswith((".jsonl", ".parquet")) or path.startswith((".", "/", "~")) or os.path.exists(path):
-        if not os.path.exists(path):
-            fail(f"data file not found: {path}")
+    """(where, record) pairs from a .jsonl or .parquet file, a save_to_disk folder or a hub dataset id."""
+    if not os.path.exists(path) and (path.endswith((".jsonl", ".parquet")) or path.startswith(tuple("./~"))):
+        fail(f"data file not found: {path}")
     if path.endswith(".jsonl"):
         records = []
         with open(path, encoding="utf-8") as f:
@@ -807,10 +781,8 @@ def read_records(path, split):
     if not os.path.exists(path):  # a hub id: fail at once rather than after a minute of retries offline
         check_hub(path, "data")
     try:
-        if os.path.isdir(path):
-            data = datasets.load_from_disk(path)
-        else:
-            data = datasets.load_dataset(path, split=split)
+        data = (datasets.load_from_disk(path) if os.path.isdir(path) else
+                datasets.load_dataset(path, split=split))
     except Exception as e:
         fail(f"cannot read data {path}: {first_line(e)}")
     if isinstance(data, datasets.DatasetDict):
@@ -828,9 +800,7 @@ def load_rows(path, cfg, split):
         for key in (cfg.prompt_field, cfg.answer_field):
             if not isinstance(r, dict) or r.get(key) is None or str(r[key]).strip() == "":
                 fail(f"{where}: row has no '{key}'")
-        prompt = str(r[cfg.prompt_field])
-        if cfg.prompt_template:
-            prompt = cfg.prompt_template.replace("{prompt}", prompt)
+        prompt = (cfg.prompt_template or "{prompt}").replace("{prompt}", str(r[cfg.prompt_field]))
         rows.append({"prompt": prompt, "answer": gold_answer(r[cfg.answer_field]), "where": where})
     if not rows:
         fail(f"{path}: no rows")
@@ -838,8 +808,8 @@ def load_rows(path, cfg, split):
 
 
 def encode_prompts(rows, tok, max_tokens):
-    """Token ids of each prompt, through the chat template when the tokenizer has one. Over-long prompts are
-    refused (not truncated, not skipped): a cut prompt would change the question being rewarded."""
+    """Token ids of each prompt, through the chat template if any. Over-long prompts are refused, not cut:
+    a cut prompt would change the question being rewarded."""
     texts = [r["prompt"] for r in rows]
     if tok.chat_template:  # one call for all rows: 5000 calls cost a second
         texts = tok.apply_chat_template([[{"role": "user", "content": t}] for t in texts], tokenize=False,
@@ -855,10 +825,8 @@ def encode_prompts(rows, tok, max_tokens):
 def load_data(cfg):
     """(train rows, held-out rows), every row checked before any model loads, so bad input fails at once."""
     levels = cfg.task.split(",")
-    if cfg.data:
-        train_rows = load_rows(cfg.data, cfg, cfg.data_split)
-    else:
-        train_rows = arithmetic(levels, 5000, cfg.seed, "train")
+    train_rows = (load_rows(cfg.data, cfg, cfg.data_split) if cfg.data else
+                  arithmetic(levels, 5000, cfg.seed, "train"))
     if cfg.eval_data:
         return train_rows, load_rows(cfg.eval_data, cfg, cfg.eval_split)[:cfg.eval_size]
     if not cfg.data:
@@ -867,7 +835,6 @@ def load_data(cfg):
     if n_eval < 1:
         fail(f"{cfg.data}: too few rows to hold out an evaluation set; pass --eval-data")
     return train_rows[:-n_eval], train_rows[-n_eval:]
-
 
 
 # ======== plumbing: nothing below this line changes what is learnt ========
@@ -1341,11 +1308,6 @@ def eval_due(cfg, step, seconds_before, seconds_after):
                 or (every and seconds_after // every > seconds_before // every))
 
 
-def evaluate_run(run):
-    d = run.data
-    return evaluate(run.policy, run.tok, d.eval_prompts, d.eval_rows, run.eos_ids, run.cfg, run.device,
-                    run.reward)
-
 
 def log_step(run, batch, m):
     """metrics.jsonl, values.jsonl (--dump-values: the values behind this step's advantages), TensorBoard,
@@ -1484,7 +1446,7 @@ def run_all(cfg, saved, reward, t_start, signals):
     state = run.state
     try:
         if state.eval_accuracy_before is None:
-            acc, length = evaluate_run(run)
+            acc, length = evaluate(run)
             state.eval_accuracy_before = acc
             state.eval_history.append({"step": 0, "eval_accuracy": acc, "eval_response_length": length})
             print(f"greedy accuracy before training: {acc:.3f} on {len(run.data.eval_rows)} held-out "
@@ -1514,7 +1476,7 @@ def finish(run):
     evaluation still writes the summary, without the final accuracy."""
     cfg, state = run.cfg, run.state
     try:
-        acc, length = evaluate_run(run)
+        acc, length = evaluate(run)
         state.eval_history.append(dict(step=state.step, eval_accuracy=acc, eval_response_length=length))
         log_scalars(run, {"step": state.step, "eval_accuracy": acc})
     except KeyboardInterrupt:
