@@ -950,15 +950,13 @@ def model_path(name):
 
 
 def check_model(name, flag):
-    """Refuse a model that cannot load, in a second and before anything is written: a missing path, or a
-    hub id that is neither in the local cache nor reachable (transformers would retry for ~50 s)."""
-    if name == "tiny":
-        return
+    """Refuse, in a second and before anything is written, a missing path or a hub id neither cached nor
+    reachable (transformers would retry for ~50 s)."""
     path = model_path(name)
-    if os.path.exists(path) or path.endswith(".gguf") or path.startswith((".", "/", "~")):
-        if not os.path.exists(path):
-            fail(f"{flag} {name}: no such file or folder")
+    if name == "tiny" or os.path.exists(path):
         return
+    if path.endswith(".gguf") or path.startswith((".", "/", "~")):
+        fail(f"{flag} {name}: no such file or folder")
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
         fail(f"{flag} {name!r}: not 'smollm2', 'tiny', a folder, a .gguf file or a hub id (org/name)")
     from huggingface_hub import constants, try_to_load_from_cache
@@ -982,9 +980,8 @@ def check_hub(name, flag):
 
 
 def gguf_cache(path):
-    """Where a .gguf file's float32 conversion is kept: transformers reads a GGUF slowly (it parses the file
-    twice), the conversion fast. Keyed by file name, size and time; SPPO_CACHE moves it (default
-    ~/.cache/sppo)."""
+    """Where a .gguf file's float32 conversion is kept (transformers reads a GGUF slowly), keyed by name, size
+    and time; in SPPO_CACHE (default ~/.cache/sppo)."""
     root = os.environ.get("SPPO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "sppo")
     st = os.stat(path)
     return os.path.join(root, f"{os.path.basename(path)}-{st.st_size}-{int(st.st_mtime)}")
@@ -1004,8 +1001,8 @@ def remove_stale_conversions(root):
 
 
 def from_pretrained(auto_class, name, cfg, flag):
-    """(model, tokenizer) in float32 from a folder, a .gguf file or a hub id; any failure is one line.
-    A .gguf file is read once, then loaded from its conversion (gguf_cache)."""
+    """(model, tokenizer) in float32 from a folder, a .gguf file (read once, then its conversion: gguf_cache)
+    or a hub id; any failure is one line."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     path, kw, cache = model_path(name), {"trust_remote_code": cfg.trust_remote_code}, ""
     if path.endswith(".gguf"):
@@ -1034,14 +1031,11 @@ def from_pretrained(auto_class, name, cfg, flag):
 def load_policy(name, cfg):
     """(model, tokenizer) in float32 from "tiny", "smollm2", a .gguf file, a folder or a hub id."""
     from transformers import AutoModelForCausalLM
-    if name == "tiny":
-        return tiny_model(cfg.seed)
-    return from_pretrained(AutoModelForCausalLM, name, cfg, "model")
+    return tiny_model(cfg.seed) if name == "tiny" else from_pretrained(AutoModelForCausalLM, name, cfg, "model")
 
 
 def save_model(model, tok, path):
-    """Hugging Face format that from_pretrained loads. The weights are written with safetensors by hand:
-    save_pretrained on a GGUF-loaded model writes no weights in transformers 5."""
+    """Hugging Face format, weights by safetensors: save_pretrained of a GGUF-loaded model writes none."""
     from safetensors.torch import save_model as save_tensors
     os.makedirs(path, exist_ok=True)
     model.config.save_pretrained(path)
@@ -1077,28 +1071,24 @@ def load_models(cfg, ckpt, device):
     policy, tok = load_policy(os.path.join(ckpt, "policy") if ckpt else cfg.model, cfg)
     critic = critic_tok = None
     if cfg.algo != "grpo":
-        critic_cfg = cfg  # a resumed critic is whole (already cut) and in the checkpoint
-        if ckpt:
-            critic_cfg = dataclasses.replace(cfg, critic_model=os.path.join(ckpt, "critic"), critic_layers=0)
+        critic_cfg = (dataclasses.replace(cfg, critic_model=os.path.join(ckpt, "critic"), critic_layers=0)
+                      if ckpt else cfg)  # a resumed critic is whole (already cut) and in the checkpoint
         critic, critic_tok = make_critic(policy, tok, critic_cfg)
         if cfg.algo == "ppo" and critic_tok.get_vocab() != tok.get_vocab():
             fail("--algo ppo reads response tokens with the critic: --critic-model must share the policy's "
                  "tokenizer")
-    for model in (policy, critic):
+    for model, backbone in ((policy, policy), (critic, getattr(critic, "backbone", None))):
         if model is not None:  # eval mode throughout: no dropout, old and new log-probs are one function
             model.to(device).eval()
-    if cfg.grad_checkpointing:  # HF only checkpoints in train mode; Llama/Qwen have no dropout to switch on
-        policy.gradient_checkpointing_enable()
-        policy.train()
-        if critic is not None:
-            critic.backbone.gradient_checkpointing_enable()
-            critic.train()
+            if cfg.grad_checkpointing:  # HF only checkpoints in train mode; Llama/Qwen have no dropout
+                backbone.gradient_checkpointing_enable()
+                model.train()
     return policy, tok, critic, critic_tok
 
 
 def build_run(cfg, saved, reward, t_start):
-    """Data, models, prompts, optimisers (AdamW, linear warmup then constant: the paper's constant schedule);
-    a resumed run restores its optimisers, schedules and counters from the checkpoint."""
+    """Data, models, prompts, optimisers (AdamW, linear warmup then constant as in the paper); a resumed run
+    restores its optimisers, schedules and counters."""
     global BF16_CPU
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     BF16_CPU = cfg.bf16_cpu
@@ -1127,8 +1117,8 @@ def build_run(cfg, saved, reward, t_start):
 
 
 def restore(run, saved, warmup):
-    """A checkpoint's optimiser and schedule states and counters (no RNG state: rollout draws from seed and
-    step). Its lr, critic lr and weight decay give way to cfg's (equal unless --resume changed them)."""
+    """A checkpoint's optimiser and schedule states and counters (no RNG: rollout draws from seed and step);
+    cfg's lr, critic lr and weight decay replace the saved ones (--resume may change them)."""
     cfg = run.cfg
     for name, lr in (("actor", cfg.lr), ("critic", cfg.critic_lr)):
         opt, sched = getattr(run, f"{name}_opt"), getattr(run, f"{name}_sched")
@@ -1155,8 +1145,8 @@ def save_if_due(run, step):
 
 
 def save_checkpoint(run):
-    """Write out/checkpoint-<step>/ through a temporary folder, then point out/latest at it with os.replace:
-    a crash at any moment leaves the previous checkpoint intact and pointed to. Only the newest is kept."""
+    """Write out/checkpoint-<step>/ via a temporary folder, then point out/latest at it (os.replace): a crash
+    at any moment leaves the previous checkpoint pointed to. Only the newest is kept."""
     cfg, step = run.cfg, run.state.step
     final = os.path.join(cfg.out, f"checkpoint-{step:06d}")
     tmp = final + ".tmp"
@@ -1214,8 +1204,8 @@ def resumes_in_place(cfg):
 
 
 def check_out(cfg):
-    """Refuse, before any model loads, an --out that cannot be written or that holds an earlier run (a new
-    run never writes over one without --overwrite). --resume DIR --out OTHER branches: DIR stays as it is."""
+    """Refuse, before any model loads, an --out that cannot be written or holds an earlier run (unless
+    --overwrite). --resume DIR --out OTHER branches: DIR stays as it is."""
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         fail(f"--out {cfg.out} is a file, not a folder")
     holds_run = os.path.isdir(cfg.out) and any(n in RUN_FILES or n.startswith("checkpoint-")
@@ -1241,8 +1231,7 @@ def check_out(cfg):
 
 
 def kept_lines(path, step):
-    """The lines of a metrics or values file up to step: a crash may have logged steps it never saved, or
-    cut the last line short."""
+    """A metrics or values file's lines up to step: a crash may have logged unsaved steps or cut a line."""
     lines = []
     for line in open(path) if os.path.isfile(path) else []:
         with contextlib.suppress(ValueError):
@@ -1252,8 +1241,8 @@ def kept_lines(path, step):
 
 
 def open_out(run):
-    """Create --out and its logs. --overwrite first deletes the earlier run's files (and its TensorBoard
-    events). A resumed run keeps the metrics up to its checkpoint's step; a branch copies them."""
+    """Create --out and its logs (--overwrite: remove_run first). A resumed run keeps the metrics up to its
+    checkpoint's step; a branch copies them."""
     cfg, step = run.cfg, run.state.step
     kept = {name: kept_lines(os.path.join(cfg.resume, name), step)
             for name in ("metrics.jsonl", "values.jsonl") if cfg.resume}
@@ -1308,10 +1297,9 @@ def eval_due(cfg, step, seconds_before, seconds_after):
                 or (every and seconds_after // every > seconds_before // every))
 
 
-
 def log_step(run, batch, m):
-    """metrics.jsonl, values.jsonl (--dump-values: the values behind this step's advantages), TensorBoard,
-    the progress bar. A non-finite number stops the run: the weights are suspect, the last checkpoint kept."""
+    """metrics.jsonl, values.jsonl (--dump-values), TensorBoard, the progress bar. A non-finite number stops
+    the run: the weights are suspect, the last checkpoint is kept."""
     cfg, logs = run.cfg, run.logs
     for k, v in m.items():
         if isinstance(v, float) and not math.isfinite(v):
@@ -1375,10 +1363,9 @@ def write_summary(run, acc):
 
 # ---- signals, main
 class Signals:
-    """SIGINT (Ctrl-C) and SIGTERM (timeout, SLURM, docker stop), handled alike. While `defer` is set (from
-    the moment the run folder is written until training ends) the handler only records the signal: the
-    loop stops at the next step boundary and saves, and a second signal cannot cut a save short. Otherwise
-    (loading, the final evaluation: nothing unsaved to lose) it raises KeyboardInterrupt at once."""
+    """SIGINT and SIGTERM alike. While `defer` is set (run folder written, training not ended) the handler
+    only records the signal: the loop stops at the next step boundary and saves, and a second signal cannot
+    cut a save short. Otherwise (nothing unsaved to lose) it raises KeyboardInterrupt at once."""
 
     def __init__(self):
         self.got, self.defer, self.previous = 0, False, {}
