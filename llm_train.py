@@ -1031,7 +1031,9 @@ def from_pretrained(auto_class, name, cfg, flag):
 def load_policy(name, cfg):
     """(model, tokenizer) in float32 from "tiny", "smollm2", a .gguf file, a folder or a hub id."""
     from transformers import AutoModelForCausalLM
-    return tiny_model(cfg.seed) if name == "tiny" else from_pretrained(AutoModelForCausalLM, name, cfg, "model")
+    if name == "tiny":
+        return tiny_model(cfg.seed)
+    return from_pretrained(AutoModelForCausalLM, name, cfg, "model")
 
 
 def save_model(model, tok, path):
