@@ -471,12 +471,10 @@ def positions(mask):
 
 def left_pad(seqs, pad_id, device):
     """[B, L] ids and attention mask, padding on the left so every prompt ends at the same column."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
+    rows = [torch.tensor(s, dtype=torch.long) for s in seqs]
+    ids = nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_id, padding_side="left")
+    ones = [torch.ones_like(r) for r in rows]
+    mask = nn.utils.rnn.pad_sequence(ones, batch_first=True, padding_side="left")
     return ids.to(device), mask.to(device)
 
 
@@ -856,7 +854,7 @@ FIXED_ON_RESUME = ("model", "critic_model", "critic_layers", "algo", "group_size
 def parse_config(argv):
     """Flags from the Config fields, help from their metadata. Only flags given on the command line are kept
     (default=SUPPRESS): --resume takes the run's own config.json, refuses a change of FIXED_ON_RESUME and
-    applies any other (main logs them: log_resume_changes)."""
+    applies any other (main logs them)."""
     parser = argparse.ArgumentParser(prog="llm_train.py", description=__doc__.split("\n")[0])
     parser.error = fail  # one line on stderr and exit status 2, like every other bad input
     for f in dataclasses.fields(Config):
@@ -882,14 +880,6 @@ def parse_config(argv):
     given.setdefault("overwrite", False)
     return dataclasses.replace(cfg, **given)
 
-
-def log_resume_changes(cfg):
-    """One line per setting that --resume changes, e.g. `resume: --lr 3e-05 -> 1e-05`."""
-    with open(os.path.join(cfg.resume, "config.json")) as f:
-        before = json.load(f)
-    for key, value in dataclasses.asdict(cfg).items():
-        if key not in ("resume", "overwrite") and value != before.get(key):
-            print(f"resume: {flag(key)} {before.get(key)} -> {value}", file=sys.stderr)
 
 
 def flag(name):
@@ -1411,8 +1401,12 @@ def main(argv=None):
         fail("--tensorboard needs the tensorboard package (pip install tensorboard)")
     check_out(cfg)
     reward = load_reward(cfg.reward) if cfg.reward else reward_fn
-    if cfg.resume:
-        log_resume_changes(cfg)
+    if cfg.resume:  # one line per setting --resume changes, e.g. `resume: --lr 3e-05 -> 1e-05`
+        with open(os.path.join(cfg.resume, "config.json")) as f:
+            before = json.load(f)
+        for key, value in dataclasses.asdict(cfg).items():
+            if key not in ("resume", "overwrite") and value != before.get(key):
+                print(f"resume: {flag(key)} {before.get(key)} -> {value}", file=sys.stderr)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     signals = Signals()
