@@ -383,7 +383,6 @@ def step_metrics(run, batch, m):
                         for p, t, r in zip(batch.picks[:3], batch.texts, rewards.tolist())]
 
 
-
 def last_step(run, step):
     """--steps done, or --time-budget training seconds spent."""
     return step >= run.cfg.steps or 0 < run.cfg.time_budget <= run.state.train_seconds
@@ -859,12 +858,9 @@ def parse_config(argv):
     parser.error = fail  # one line on stderr and exit status 2, like every other bad input
     for f in dataclasses.fields(Config):
         help = f"{f.metadata['help']} (default: {f.default!r})" if f.metadata["help"] else argparse.SUPPRESS
-        kw = dict(default=argparse.SUPPRESS, help=help)
-        if isinstance(f.default, bool):
-            kw["action"] = argparse.BooleanOptionalAction
-        else:
-            kw.update(type=type(f.default), choices=ALGOS if f.name == "algo" else None)
-        parser.add_argument("--" + f.name.replace("_", "-"), **kw)
+        kw = (dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else
+              dict(type=type(f.default), choices=ALGOS if f.name == "algo" else None))
+        parser.add_argument(flag(f.name), default=argparse.SUPPRESS, help=help, **kw)
     given = vars(parser.parse_args(argv))
     if not given.get("resume"):
         return Config(**given)
@@ -879,7 +875,6 @@ def parse_config(argv):
     given.setdefault("out", given["resume"])
     given.setdefault("overwrite", False)
     return dataclasses.replace(cfg, **given)
-
 
 
 def flag(name):
