@@ -859,7 +859,8 @@ def parse_config(argv):
     for f in dataclasses.fields(Config):
         help = f"{f.metadata['help']} (default: {f.default!r})" if f.metadata["help"] else argparse.SUPPRESS
         kw = (dict(action=argparse.BooleanOptionalAction) if isinstance(f.default, bool) else
-              dict(type=type(f.default), choices=ALGOS if f.name == "algo" else None))
+              dict(type=type(f.default), choices=ALGOS if f.name == "algo" else None,
+                   metavar="DIR" if f.name in ("out", "resume", "tensorboard") else None))
         parser.add_argument(flag(f.name), default=argparse.SUPPRESS, help=help, **kw)
     given = vars(parser.parse_args(argv))
     if not given.get("resume"):

@@ -30,7 +30,7 @@ PHASE = 0.2  # early: the first fifth of the updates; late: the last fifth
 
 
 def auc(pos, neg):
-    """ROC AUC = P(V of a success > V of a failure), ties counting half (Mann-Whitney U from average ranks)."""
+    """ROC AUC = P(V of a success > V of a failure), ties half (Mann-Whitney U from average ranks)."""
     if len(pos) == 0 or len(neg) == 0:
         return None
     x = np.concatenate([pos, neg])
@@ -64,7 +64,8 @@ def sppo_table(rows):
         out[phase] = dict(updates=[rs[0]["step"], rs[-1]["step"]], episodes=len(p),
                           brier=float(np.mean((p - y) ** 2)),
                           bins=[dict(bin=f"{b / 10:.1f}-{(b + 1) / 10:.1f}", episodes=int((bins == b).sum()),
-                                     predicted=float(p[bins == b].mean()), observed=float(y[bins == b].mean()))
+                                     predicted=float(p[bins == b].mean()),
+                                     observed=float(y[bins == b].mean()))
                                 for b in range(10) if (bins == b).any()])
     return out
 
@@ -89,8 +90,8 @@ def plot(results, path):
     for ax, (env, r) in zip(axes[0], results.items()):
         for phase, style in (("early", ":"), ("late", "-")):
             a = r["ppo"][phase]["auc"]
-            ax.plot([f / 10 for f in range(len(a))], [np.nan if v is None else v for v in a], style, color="C2",
-                    marker="o", ms=3, label=f"ppo {phase}")
+            ax.plot([f / 10 for f in range(len(a))], [np.nan if v is None else v for v in a], style,
+                    color="C2", marker="o", ms=3, label=f"ppo {phase}")
         ax.axhline(0.5, color="grey", lw=0.8)
         ax.set(title=env, xlabel="t / T", ylim=(0.3, 1.02))
     axes[0][0].set_ylabel("ROC AUC of V(s_t): success vs failure")
@@ -106,18 +107,20 @@ def main():
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="CartPole, 60k steps, 20 evaluation episodes")
     p.add_argument("--out", default=None, help="run folders (default runs/tail[_quick])")
-    p.add_argument("--results", default=None, help="tables and plot (default bench/results; OUT with --quick)")
+    p.add_argument("--results", default=None, help="tables, plot (default bench/results; OUT with --quick)")
     a = p.parse_args()
     envs = ["CartPole-v1"] if a.quick else a.envs
     out = a.out or os.path.join(ROOT, "runs", "tail_quick" if a.quick else "tail")
     results_dir = a.results or (out if a.quick else os.path.join(ROOT, "bench", "results"))
     budgets = QUICK_BUDGETS if a.quick else BUDGETS
     jobs = [(env, algo, SEED, os.path.join(out, f"{env}_{algo}"),
-             ["--dump-values", "--total-steps", str(budgets[env]), *winner_flags(env, algo)], 20 if a.quick else 100)
+             ["--dump-values", "--total-steps", str(budgets[env]), *winner_flags(env, algo)],
+             20 if a.quick else 100)
             for env in envs for algo in ("ppo", "sppo")]
     runs = run_all(jobs, a.jobs)
-    results, lines = {}, ["| env | phase | updates | successes / failures | ROC AUC of V(s_t) at t/T = 0, 0.1, ..., 0.9 "
-                          "| sppo Brier | sppo final success |", "|---|---|---|---|---|---|---|"]
+    results, lines = {}, ["| env | phase | updates | successes / failures "
+                          "| ROC AUC of V(s_t) at t/T = 0, 0.1, ..., 0.9 | sppo Brier | sppo final success |",
+                          "|---|---|---|---|---|---|---|"]
     for env in envs:
         read = {algo: [json.loads(line) for line in open(os.path.join(out, f"{env}_{algo}", "values.jsonl"))]
                 for algo in ("ppo", "sppo")}

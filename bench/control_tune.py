@@ -10,13 +10,14 @@ Each configuration is `python control.py --env ENV --algo ALGO --seed S FLAGS --
 Every algorithm gets SIX configurations an env, one change at a time from its defaults:
   sppo: defaults, lr x3, lr /3, epochs x2, episodes x2, critic lr x3
   grpo: defaults (group 8), lr x3, lr /3, epochs x2, group 4, group 16
-  ppo : gamma 1 and lambda 1, lambda 0.95, lr x3, lr /3, epochs x2, episodes x2 (gamma 1 in all: the outcome is
-        not discounted, see SPPO.md; the others at lambda 1: a first pass at lambda 0.95 learnt nothing on
-        CartPole and Pendulum, where lambda 1 reached 0.96 and 0.76)
+  ppo : gamma 1 and lambda 1, lambda 0.95, lr x3, lr /3, epochs x2, episodes x2 (gamma 1 in all: the
+        outcome is not discounted, see SPPO.md; the others at lambda 1: a first pass at lambda 0.95 learnt
+        nothing on CartPole and Pendulum, where lambda 1 reached 0.96 and 0.76)
 Phase 1 runs each algorithm's first configuration on both tuning seeds; one that reaches 0.95 success on
 both needs no more tuning on that env (its other five are not run). Phase 2 runs the rest. The winner is the
 configuration with the highest mean final success over the two seeds (ties: the higher mean outcome).
-Writes RESULTS/control_tune.{md,json}. Run folders go to OUT/ENV/ALGO_NAME_SEED (default runs/tune).
+Writes RESULTS/control_tune.{md,json}. Run folders go to OUT/ENV/ALGO_NAME_SEED (default runs/tune); a run
+whose folder is gone (another machine) is read back from RESULTS/control_tune.json.
 """
 import argparse
 import json
@@ -24,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUNE_SEEDS = (11, 12)  # the suite uses 101 and up
@@ -50,9 +51,12 @@ def grid(env, algo):
         g = ["--group-size", "8"]
         return ([("defaults", g)] + [(n, g + f) for n, f in common]
                 + [("group 4", ["--group-size", "4"]), ("group 16", ["--group-size", "16"])])
-    g1 = ["--gamma", "1", "--lam", "1"]  # ppo: an undiscounted outcome, lambda 1 as verl (and VC-PPO's critic)
+    g1 = ["--gamma", "1", "--lam", "1"]  # ppo: an undiscounted outcome, lambda 1 as verl (VC-PPO's critic)
     return ([("lambda 1.0", g1), ("lambda 0.95", ["--gamma", "1", "--lam", "0.95"])]
             + [(n, g1 + f) for n, f in common] + [("episodes x2", g1 + ["--episodes", str(episodes * 2)])])
+
+
+EARLIER = {}  # rows of the results file, by what ran: a run whose folder is gone is read from there
 
 
 def run(root, env, algo, name, flags, seed, out, budget, eval_episodes):
@@ -61,9 +65,12 @@ def run(root, env, algo, name, flags, seed, out, budget, eval_episodes):
     cmd = [sys.executable, "control.py", "--env", env, "--algo", algo, "--seed", str(seed), *flags,
            "--total-steps", str(budget), "--eval-episodes", str(eval_episodes), "--threads", "1",
            "--out", out, "--overwrite"]
+    key = json.dumps([env, algo, seed, flags, budget, eval_episodes])
     path = os.path.join(out, "summary.json")
     summary = json.load(open(path)) if os.path.isfile(path) else {}
     if summary.get("success_rate") is None or summary.get("command") != cmd[2:]:
+        if key in EARLIER:
+            return EARLIER[key]
         os.makedirs(os.path.dirname(out), exist_ok=True)
         with open(out + ".log", "w") as log:
             done = subprocess.run(cmd, cwd=root, stdout=log, stderr=log,
@@ -71,17 +78,23 @@ def run(root, env, algo, name, flags, seed, out, budget, eval_episodes):
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}); see {out}.log")
         summary = json.load(open(path))
-        summary["command"] = cmd[2:]  # what ran, so a later call reuses only an identical run
+        summary.update(command=cmd[2:], finished=time.strftime("%Y-%m-%d %H:%M"))  # a rerun reuses only this
         json.dump(summary, open(path, "w"), indent=1)
-    return dict(env=env, algo=algo, name=name, flags=flags, seed=seed, success_rate=summary["success_rate"],
+    return dict(env=env, algo=algo, name=name, flags=flags, seed=seed, budget=budget,
+                eval_episodes=eval_episodes, success_rate=summary["success_rate"],
                 mean_outcome=summary["mean_outcome"], mean_return=summary["mean_return"],
                 train_seconds=summary["train_seconds"], wall_seconds=summary["wall_seconds"],
-                finished=time.strftime("%Y-%m-%d %H:%M"))
+                finished=summary.get("finished"))
 
 
-def run_all(jobs, n_jobs):
+def run_all(jobs, n_jobs, done=lambda runs: None):
+    """The runs of jobs, n_jobs side by side; done(runs so far) after each, so a kill loses one run."""
+    finished = []
     with ThreadPoolExecutor(n_jobs) as pool:
-        return list(pool.map(lambda job: run(*job), jobs))
+        for future in as_completed([pool.submit(run, *job) for job in jobs]):
+            finished.append(future.result())
+            done(finished)
+    return finished
 
 
 def table(runs, env, algo):
@@ -116,6 +129,10 @@ def main():
     out = a.out or os.path.join(ROOT, "runs", "tune_quick" if a.quick else "tune")
     results = a.results or (out if a.quick else os.path.join(ROOT, "bench", "results"))
     start = time.time()
+    path = os.path.join(results, "control_tune.json")
+    for r in json.load(open(path))["runs"] if os.path.exists(path) else []:
+        budget, episodes = r.get("budget", BUDGET[r["env"]]), r.get("eval_episodes", 100)
+        EARLIER[json.dumps([r["env"], r["algo"], r["seed"], r["flags"], budget, episodes])] = r
 
     def jobs(env, algo, configs):
         budget = QUICK_BUDGET if a.quick else BUDGET[env]
@@ -123,23 +140,29 @@ def main():
                  os.path.join(out, env, f"{algo}_{name.replace(' ', '_').replace('/', 'div')}_{seed}"),
                  budget, 20 if a.quick else 100) for name, flags in configs for seed in seeds]
     pairs = [(env, algo) for env in envs for algo in a.algos]
-    runs = run_all([j for env, algo in pairs for j in jobs(env, algo, grid(env, algo)[:1])], a.jobs)
+    def save(runs):  # the results file after every run: a run that finished is never lost
+        write(runs, envs, a, results, time.time() - start)
+    runs = run_all([j for env, algo in pairs for j in jobs(env, algo, grid(env, algo)[:1])], a.jobs, save)
     rest = [(env, algo) for env, algo in pairs
             if not all(r["success_rate"] >= ENOUGH for r in runs if (r["env"], r["algo"]) == (env, algo))]
-    runs += run_all([j for env, algo in rest for j in jobs(env, algo, grid(env, algo)[1:])], a.jobs)
-    write(runs, envs, a, results, time.time() - start)
+    runs += run_all([j for env, algo in rest for j in jobs(env, algo, grid(env, algo)[1:])], a.jobs,
+                    lambda more: save(runs + more))
+    print("\n".join(write(runs, envs, a, results, time.time() - start)))
 
 
 def write(runs, envs, a, results, seconds):
     os.makedirs(results, exist_ok=True)
     path = os.path.join(results, "control_tune.json")
     earlier = json.load(open(path)) if os.path.exists(path) and not a.quick else {"runs": []}
-    keep = [r for r in earlier["runs"] if (r["env"], r["algo"]) not in {(x["env"], x["algo"]) for x in runs}]
+    now = {(x["env"], x["algo"], x["name"], x["seed"]) for x in runs}  # earlier rows stay unless run again
+    keep = [r for r in earlier["runs"] if (r["env"], r["algo"], r["name"], r["seed"]) not in now
+            and (r["name"], r["flags"]) in [(n, f) for n, f in grid(r["env"], r["algo"])]]  # not an old grid
     runs = keep + runs
     lines = [f"Tuning seeds {', '.join(map(str, TUNE_SEEDS))}; budget per run: the env's default env steps; "
              f"one torch thread a run, {a.jobs} side by side; this call {seconds:.0f} s. "
              "**bold**: the winner (highest mean success; ties: mean outcome).", "",
-             "| env | algo | configuration | success per seed | success mean | outcome mean | train s (mean) |",
+             "| env | algo | configuration | success per seed | success mean | outcome mean "
+             "| train s (mean) |",
              "|---|---|---|---|---|---|---|"]
     winners = {}
     for env in BASE:
@@ -152,15 +175,16 @@ def write(runs, envs, a, results, seconds):
                                                      complete=len(rows) in (1, 6))
             for name, row in rows.items():
                 label = f"**{name}**" if name == win else name
-                lines.append(f"| {env} | {algo} | {label} | {', '.join(f'{s:.2f}' for s in row['success'])} | "
+                per_seed = ", ".join(f"{s:.2f}" for s in row["success"])
+                lines.append(f"| {env} | {algo} | {label} | {per_seed} | "
                              f"{row['success_mean']:.2f} | {row['outcome_mean']:.3f} | "
                              f"{sum(row['train_seconds']) / len(row['train_seconds']):.0f} |")
-    text = "\n".join(lines)
-    print(text)
     with open(os.path.join(results, "control_tune.md"), "w") as f:
-        f.write(text + "\n")
-    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(path + ".tmp", "w") as f:
         json.dump(dict(seeds=TUNE_SEEDS, enough=ENOUGH, winners=winners, runs=runs), f, indent=1)
+    os.replace(path + ".tmp", path)
+    return lines
 
 
 if __name__ == "__main__":

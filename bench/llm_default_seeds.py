@@ -1,7 +1,7 @@
 """The default LLM run on five seeds: does the result belong to the recipe or to a seed?
 
     python bench/llm_default_seeds.py                 # seeds 0-4, one at a time, torch's threads (2 here)
-    python bench/llm_default_seeds.py --jobs 2        # two side by side, one thread each (timings then differ)
+    python bench/llm_default_seeds.py --jobs 2        # two side by side, one thread each
     python bench/llm_default_seeds.py --quick         # the tiny random model, 2 seeds, 1 step: a smoke test
 
 Each run is `python llm_train.py --seed S --out DIR --overwrite [FLAGS]` (FLAGS: whatever follows `--`, e.g. a
@@ -81,8 +81,10 @@ def main():
              f"time, threads: {result['threads']}.", "",
              "| seed | accuracy before -> after | wall s | training s | final entropy | measured |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['seed']} | {r['accuracy_before']:.3f} -> {r['accuracy_after']:.3f} | {r['wall_seconds']:.0f} | "
-              f"{r['train_seconds']:.0f} | {r['entropy_final']:.3f} | {r['measured']} |" for r in runs]
+    lines += [f"| {r['seed']} | {r['accuracy_before']:.3f} -> {r['accuracy_after']:.3f} | "
+              f"{r['wall_seconds']:.0f} | {r['train_seconds']:.0f} | {r['entropy_final']:.3f} | "
+              f"{r['measured']} |"
+              for r in runs]
     lines += ["", f"Mean accuracy after: {result['accuracy_after_mean']:.3f} "
                   f"[{result['accuracy_after_ci95'][0]:.3f}, {result['accuracy_after_ci95'][1]:.3f}], "
                   f"lowest seed {result['accuracy_after_min']:.3f}."]

@@ -2,6 +2,7 @@
 read finished runs back."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -41,6 +42,10 @@ def test_tune_quick_runs_and_reads_finished_runs_back(tmp_path):
     assert [os.path.getmtime(p) for p in logs] == stamps  # nothing ran again
     assert json.load(open(tmp_path / "control_tune.json"))["runs"][0]["success_rate"] == \
         result["runs"][0]["success_rate"]
+    shutil.rmtree(tmp_path / "CartPole-v1")  # the run folders are gone (another machine): the results file
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)  # is read back, nothing runs again
+    assert not (tmp_path / "CartPole-v1").exists()
+    assert json.load(open(tmp_path / "control_tune.json"))["runs"] == result["runs"]
 
 
 @pytest.mark.slow
@@ -67,9 +72,10 @@ def test_auc_is_the_probability_that_a_success_has_the_higher_value():
 
 @pytest.mark.slow
 def test_tail_quick_writes_auc_and_calibration(tmp_path):
-    subprocess.run([sys.executable, "bench/control_tail.py", "--quick", "--jobs", "2", "--out", str(tmp_path)],
-                   cwd=ROOT, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [sys.executable, "bench/control_tail.py", "--quick", "--jobs", "2", "--out", str(tmp_path)]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     r = json.load(open(tmp_path / "control_tail.json"))["results"]["CartPole-v1"]
-    assert len(r["ppo"]["early"]["auc"]) == 10 and r["ppo"]["late"]["updates"][1] > r["ppo"]["early"]["updates"][0]
+    assert len(r["ppo"]["early"]["auc"]) == 10
+    assert r["ppo"]["late"]["updates"][1] > r["ppo"]["early"]["updates"][0]
     assert 0 <= r["sppo"]["late"]["brier"] <= 1 and r["sppo"]["late"]["bins"]
     assert (tmp_path / "control_tail.png").exists()
