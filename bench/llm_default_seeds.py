@@ -61,6 +61,7 @@ def main():
     p.add_argument("--quick", action="store_true", help="tiny model, seeds 0 and 1, 1 step, 16 problems")
     p.add_argument("--out", default=None, help="run folders (default runs/default_seeds[_quick])")
     p.add_argument("--results", default=None, help="tables (default bench/results; OUT with --quick)")
+    p.add_argument("--note", default="", help="how the runs shared the machine, for the table's header")
     a, flags = p.parse_known_args()
     flags = [f for f in flags if f != "--"]
     seeds = [0, 1] if a.quick else a.seeds
@@ -70,15 +71,16 @@ def main():
     out = a.out or os.path.join(ROOT, "runs", "default_seeds_quick" if a.quick else "default_seeds")
     results = a.results or (out if a.quick else os.path.join(ROOT, "bench", "results"))
     threads = 1 if a.jobs > 1 else 0
+    given = flags[flags.index("--threads") + 1] if "--threads" in flags else None
     with ThreadPoolExecutor(a.jobs) as pool:
         runs = list(pool.map(lambda s: run(s, os.path.join(out, f"seed{s}"), flags, threads), seeds))
     acc = [r["accuracy_after"] for r in runs]
-    result = dict(flags=flags, jobs=a.jobs, threads=threads or "torch default",
+    result = dict(flags=flags, jobs=a.jobs, threads=given or threads or "torch default", note=a.note,
                   machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                   seeds=runs, accuracy_after_mean=float(np.mean(acc)), accuracy_after_ci95=bootstrap_ci(acc),
                   accuracy_after_min=min(acc))
     lines = [f"`python llm_train.py --seed S {' '.join(flags)}`; {result['machine']}; {a.jobs} run(s) at a "
-             f"time, threads: {result['threads']}.", "",
+             f"time, threads: {result['threads']}. {a.note}", "",
              "| seed | accuracy before -> after | wall s | training s | final entropy | measured |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['seed']} | {r['accuracy_before']:.3f} -> {r['accuracy_after']:.3f} | "
