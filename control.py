@@ -18,10 +18,12 @@ per seed, A = (R - group mean) / group std. All use sppo.py's PPO clipped loss. 
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import glob
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -603,6 +605,30 @@ def start_run_folder(cfg, step):
     write_atomic(os.path.join(cfg.out, "config.json"), json.dumps(dataclasses.asdict(cfg)) + "\n")
 
 
+@contextlib.contextmanager
+def locked(out):
+    """OUT/.lock held (flock) while this run writes there: a second process on the same folder (a resume
+    started twice, an --overwrite of a run still going) is refused instead of mixing the two runs' files.
+    The kernel drops the lock when the process ends, kill -9 included. A folder made here for a run that
+    then fails on bad input is removed again."""
+    made = not os.path.exists(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        f = open(os.path.join(out, ".lock"), "a")
+    except OSError as e:
+        fail(f"cannot write to --out {out}: {e.strerror or e}")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fail(f"--out {out} is in use by another run that is still going ({out}/.lock is held)")
+        yield
+    finally:
+        f.close()
+        if made and os.listdir(out) == [".lock"]:
+            shutil.rmtree(out, ignore_errors=True)
+
+
 def read_jsonl(path):
     """The rows of a JSON-lines file up to the first that does not parse (half written by a killed run)."""
     rows = []
@@ -820,17 +846,19 @@ def main(argv=None):
     else:
         cfg = make_config(given)
     check_run_folders(cfg)
-    try:
-        start_run_folder(cfg, ckpt and ckpt["update"])
-    except OSError as e:
-        fail(f"cannot write to --out {cfg.out}: {e}")
-    for line in changes:  # applied, and said so
-        print(line, file=sys.stderr)
-    where = f"writing {cfg.out} ({', '.join(RUN_FILES)})"
-    where += f", resuming {cfg.resume} at step {ckpt['update']}" if ckpt else ""
-    print(where + (f", TensorBoard events in {cfg.tensorboard}" if cfg.tensorboard else ""), file=sys.stderr)
-    torch.set_num_threads(cfg.threads)
-    summary = run_training(cfg, load_state(cfg, ckpt), ckpt)
+    with locked(cfg.out):
+        try:
+            start_run_folder(cfg, ckpt and ckpt["update"])
+        except OSError as e:
+            fail(f"cannot write to --out {cfg.out}: {e}")
+        for line in changes:  # applied, and said so
+            print(line, file=sys.stderr)
+        where = f"writing {cfg.out} ({', '.join(RUN_FILES)})"
+        where += f", resuming {cfg.resume} at step {ckpt['update']}" if ckpt else ""
+        where += f", TensorBoard events in {cfg.tensorboard}" if cfg.tensorboard else ""
+        print(where, file=sys.stderr)
+        torch.set_num_threads(cfg.threads)
+        summary = run_training(cfg, load_state(cfg, ckpt), ckpt)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     return summary
 

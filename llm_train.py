@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import fcntl
 import importlib.util
 import json
 import logging
@@ -1218,6 +1219,30 @@ def check_out(cfg):
             shutil.rmtree(top, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def locked(out):
+    """OUT/.lock held (flock) while this run writes there: a second process on the same folder (a resume
+    started twice, an --overwrite of a run still going) is refused instead of mixing the two runs' files.
+    The kernel drops the lock when the process ends, kill -9 included. A folder made here for a run that
+    then fails on bad input is removed again."""
+    made = not os.path.exists(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        f = open(os.path.join(out, ".lock"), "a")
+    except OSError as e:
+        fail(f"cannot write to --out {out}: {e.strerror or e}")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fail(f"--out {out} is in use by another run that is still going ({out}/.lock is held)")
+        yield
+    finally:
+        f.close()
+        if made and os.listdir(out) == [".lock"]:
+            shutil.rmtree(out, ignore_errors=True)
+
+
 def kept_lines(path, step):
     """A metrics or values file's lines up to step: a crash may have logged unsaved steps or cut a line."""
     lines = []
@@ -1408,7 +1433,8 @@ def main(argv=None):
     signals = Signals()
     signals.install()
     try:
-        return run_all(cfg, saved, reward, t_start, signals)
+        with locked(cfg.out):
+            return run_all(cfg, saved, reward, t_start, signals)
     except KeyboardInterrupt:  # outside the training loop: loading or an evaluation, nothing unsaved lost
         print(f"llm_train.py: stopped by {signals.name()} before training began; nothing to save",
               file=sys.stderr)

@@ -157,7 +157,11 @@ def write(runs, envs, a, results, seconds):
     now = {(x["env"], x["algo"], x["name"], x["seed"]) for x in runs}  # earlier rows stay unless run again
     keep = [r for r in earlier["runs"] if (r["env"], r["algo"], r["name"], r["seed"]) not in now
             and (r["name"], r["flags"]) in [(n, f) for n, f in grid(r["env"], r["algo"])]]  # not an old grid
-    runs = keep + runs
+    def order(r):  # env, algorithm, configuration, seed: the same file whatever order the runs ended in
+        names = [n for n, _ in grid(r["env"], r["algo"])]
+        algo = ("sppo", "grpo", "ppo").index(r["algo"])
+        return list(BASE).index(r["env"]), algo, names.index(r["name"]), r["seed"]
+    runs = sorted(keep + runs, key=order)
     lines = [f"Tuning seeds {', '.join(map(str, TUNE_SEEDS))}; budget per run: the env's default env steps; "
              f"one torch thread a run, {a.jobs} side by side; this call {seconds:.0f} s. "
              "**bold**: the winner (highest mean success; ties: mean outcome).", "",

@@ -785,3 +785,20 @@ def test_rollout_matches_a_plain_loop_per_seed(env_id):
     assert np.array_equal(spec["outcome"](b), spec["outcome"](one))
     assert np.array_equal(spec["success"](b), spec["success"](one))
     assert b.length.min() >= 20, b.length  # the rules play real episodes, not instant failures
+
+
+def test_a_folder_in_use_by_a_running_run_is_refused(tmp_path, capsys):
+    """Two processes on one --out (the same --resume started twice, --overwrite of a run still going) would
+    mix their files: the second is refused while the first holds OUT/.lock, and may go once it is free."""
+    import fcntl
+    out = tmp_path / "run"
+    out.mkdir()
+    args = ["--total-steps", "300", "--num-envs", "2", "--episodes", "4", "--eval-episodes", "2",
+            "--out", str(out), "--overwrite"]
+    with open(out / ".lock", "a") as held:  # what a running control.py holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SystemExit) as e:
+            control.main(args)
+        assert e.value.code == 2 and "is in use by another run" in capsys.readouterr().err
+        assert os.listdir(out) == [".lock"]  # nothing of the running run was touched
+    assert control.main(args)["env_steps"] >= 300  # free again

@@ -698,7 +698,7 @@ def test_full_disk_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
         "cannot write the checkpoint of step 2 ([enforce fail at inline_container.cc:672] . unexpected pos "
         f"1076307520); {tmp_path / 'r'}/latest still points to step 1", whole=False)
     assert latest(tmp_path / "r").endswith("checkpoint-000001")
-    assert sorted(os.listdir(tmp_path / "r")) == ["checkpoint-000001", "config.json", "latest",
+    assert sorted(os.listdir(tmp_path / "r")) == [".lock", "checkpoint-000001", "config.json", "latest",
                                                   "metrics.jsonl"]
 
 
@@ -1023,3 +1023,25 @@ def test_the_cuda_path_on_cpu_bf16_autocast(tmp_path, monkeypatch):
     assert a[0]["policy_loss"] != b[0]["policy_loss"]  # the setting does change the arithmetic
     for m in a + b:
         assert all(math.isfinite(v) for v in m.values() if isinstance(v, float))
+
+
+def test_a_folder_in_use_by_a_running_run_is_refused(tmp_path, capsys):
+    """The same --out for two processes at once is refused while the first holds OUT/.lock; a folder made for
+    a run that then fails is removed again."""
+    import fcntl
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "a") as held:  # what a running llm_train.py holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        bad([*TINY, "--out", str(out), "--overwrite"], capsys, "is in use by another run")
+        assert os.listdir(out) == [".lock"]
+    bad([*TINY, "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "new")], capsys,
+        "data file not found")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("value,message", [("-1", "--save-every-seconds must be >= 0, got -1.0"),
+                                           ("nan", "--save-every-seconds must be a finite number, got nan")])
+def test_save_every_seconds_bad_values(tmp_path, capsys, value, message):
+    bad([*TINY, "--save-every-seconds", value, "--out", str(tmp_path / "o")], capsys, message)
+    assert not (tmp_path / "o").exists()
