@@ -93,7 +93,7 @@ def plot(results, path):
             ax.plot([f / 10 for f in range(len(a))], [np.nan if v is None else v for v in a], style,
                     color="C2", marker="o", ms=3, label=f"ppo {phase}")
         ax.axhline(0.5, color="grey", lw=0.8)
-        ax.set(title=env, xlabel="t / T", ylim=(0.3, 1.02))
+        ax.set(title=env, xlabel="t / T", ylim=(-0.02, 1.02))
     axes[0][0].set_ylabel("ROC AUC of V(s_t): success vs failure")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
