@@ -936,6 +936,7 @@ def test_a_signal_saves_and_the_run_resumes_exactly(tmp_path, monkeypatch, sig):
     p = start(out, "--save-every-seconds", "0")
     wait_for_step(out, 2, p)
     p.send_signal(sig)
+    p.send_signal(sig)  # a second one while it finishes the step and saves changes nothing
     err = p.communicate(timeout=120)[1]
     assert p.returncode == 128 + sig, err
     k = len(metrics(out))
