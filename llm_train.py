@@ -125,6 +125,7 @@ class Config:
     threads: int = arg(0, "torch CPU threads (0 = torch's default)")
     grad_checkpointing: bool = arg(False, "trade compute for memory on big models")
     trust_remote_code: bool = arg(False, "allow custom model code from the hub (it runs downloaded code)")
+    force: bool = arg(False, "start even when the memory plan exceeds the device's memory")
     bf16_cpu: bool = arg(False, "")  # hidden, for tests: the CUDA path's bf16 autocast on a CPU (autocast())
 
 
@@ -1055,6 +1056,70 @@ def load_reward(spec):
     return getattr(module, name)
 
 
+SMOLLM2 = dict(num_hidden_layers=30, hidden_size=576, intermediate_size=1536, vocab_size=49152,
+               tie_word_embeddings=True, num_attention_heads=9, num_key_value_heads=3)  # the embedded GGUF's
+
+
+def model_shape(name, cfg):
+    """The config fields the memory plan needs, from config.json alone (no weights)."""
+    if name == "smollm2":
+        return SMOLLM2
+    if name == "tiny":
+        c = tiny_model(0)[0].config
+    else:
+        from transformers import AutoConfig
+        path = model_path(name)
+        kw = dict(gguf_file=os.path.basename(path)) if path.endswith(".gguf") else {}
+        c = AutoConfig.from_pretrained(os.path.dirname(path) if kw else path,
+                                       trust_remote_code=cfg.trust_remote_code, **kw)
+        c = getattr(c, "text_config", c)
+    shape = {k: getattr(c, k, None) for k in SMOLLM2}
+    shape["num_key_value_heads"] = shape["num_key_value_heads"] or shape["num_attention_heads"]
+    return shape
+
+
+def n_params(m, layers, lm_head):
+    """Parameters of a Llama-like model (embeddings, layers, final norm; + an untied LM head)."""
+    h, kv = m["hidden_size"], m["num_key_value_heads"] * m["hidden_size"] // m["num_attention_heads"]
+    layer = 2 * h * h + 2 * h * kv + 3 * h * m["intermediate_size"] + 2 * h  # attention, MLP, 2 norms
+    untied = lm_head and not m["tie_word_embeddings"]
+    return m["vocab_size"] * h * (1 + untied) + layers * layer + h
+
+
+def memory_plan(cfg, ckpt, rows, device):
+    """Expected peak bytes (float32 everywhere): weights 4, gradients 4, AdamW 8 a parameter for the policy
+    and the critic's kept layers, one micro-batch's saved activations and logits, the largest generation's
+    KV cache; on CPU a fixed runtime term. One line on stderr; above the device exit 2, unless --force."""
+    m = model_shape(os.path.join(ckpt, "policy") if ckpt else cfg.model, cfg)
+    h, i_, n, v = m["hidden_size"], m["intermediate_size"], m["num_hidden_layers"], m["vocab_size"]
+    params = n_params(m, n, True)
+    if cfg.algo != "grpo":
+        name = os.path.join(ckpt, "critic") if ckpt else cfg.critic_model
+        c = model_shape(name, cfg) if name else m
+        kept = min(cfg.critic_layers or c["num_hidden_layers"], c["num_hidden_layers"])
+        params += n_params(c, kept, False) + c["hidden_size"] + 1  # + the value head
+    prompt = min(cfg.max_prompt_tokens, max(len(r["prompt"]) for r in rows))  # ~1 token a character
+    seq = prompt + cfg.max_new_tokens
+    tokens = min(cfg.micro_batch, cfg.batch_size * samples_per_prompt(cfg)) * seq
+    per_layer = 4 * (h if cfg.grad_checkpointing else 8 * h + 4 * i_)  # saved for backward, a token
+    activations = tokens * (n * per_layer + 4 * (8 * h + 4 * i_) * cfg.grad_checkpointing + 3 * 4 * v)
+    rows_gen = max(cfg.batch_size * samples_per_prompt(cfg), cfg.eval_batch_size)
+    kv = rows_gen * seq * n * 2 * (m["num_key_value_heads"] * h // m["num_attention_heads"]) * 4
+    runtime = 0 if device.type == "cuda" else 1 << 29  # CPU RSS of torch, transformers, data: ~0.5 GiB
+    parts = dict(weights=4 * params, gradients=4 * params, optimiser=8 * params,
+                 activations=activations, kv_cache=kv, runtime=runtime)
+    total = sum(parts.values())
+    have = (torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else
+            os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    gib = ", ".join(f"{k} {b / 2**30:.2f}" for k, b in parts.items())
+    print(f"memory plan: {gib}, total {total / 2**30:.2f} GiB of {have / 2**30:.1f} GiB ({device.type}; "
+          "an estimate)", file=sys.stderr)
+    if total > have and not cfg.force:
+        fail(f"the memory plan ({total / 2**30:.1f} GiB) exceeds the {device.type}'s {have / 2**30:.1f} GiB; "
+             "use smaller batches, --grad-checkpointing or a smaller critic, or --force to try anyway")
+    return parts
+
+
 def load_models(cfg, ckpt, device):
     """The policy and, for sppo/ppo, a critic; a resumed run loads both from its checkpoint."""
     policy, tok = load_policy(os.path.join(ckpt, "policy") if ckpt else cfg.model, cfg)
@@ -1082,6 +1147,7 @@ def build_run(cfg, saved, reward, t_start):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     BF16_CPU = cfg.bf16_cpu
     train_rows, eval_rows = load_data(cfg)
+    memory_plan(cfg, saved[0] if saved else None, train_rows + eval_rows, device)
     policy, tok, critic, critic_tok = load_models(cfg, saved[0] if saved else None, device)
     train_prompts = encode_prompts(train_rows, tok, cfg.max_prompt_tokens)
     data = Data(train_rows=train_rows, eval_rows=eval_rows, train_prompts=train_prompts,

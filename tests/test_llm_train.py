@@ -545,7 +545,8 @@ def test_bad_input(tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     bad([*TINY, "--eval-data", str(empty), *out], capsys, "no rows")
-    bad([*TINY, "--max-prompt-tokens", "10", *out], capsys, "longer than --max-prompt-tokens 10")
+    bad([*TINY, "--max-prompt-tokens", "10", *out], capsys, "longer than --max-prompt-tokens 10",
+        whole=False)  # found by the tokenizer, after the memory plan
     bad([*TINY, "--steps", "0", *out], capsys, "--steps must be positive, got 0")
     bad(["--model", str(tmp_path / "no-such-model"), *out], capsys, "no-such-model: no such file or folder")
     bad(["--model", str(tmp_path / "m.gguf"), *out], capsys, "m.gguf: no such file or folder")
@@ -1046,3 +1047,34 @@ def test_a_folder_in_use_by_a_running_run_is_refused(tmp_path, capsys):
 def test_save_every_seconds_bad_values(tmp_path, capsys, value, message):
     bad([*TINY, "--save-every-seconds", value, "--out", str(tmp_path / "o")], capsys, message)
     assert not (tmp_path / "o").exists()
+
+
+def test_memory_plan_of_the_tiny_model_is_the_formula(capsys):
+    rows = [{"prompt": "x" * 10}]
+    cfg = L.Config(model="tiny", batch_size=4, micro_batch=2, max_new_tokens=8, eval_batch_size=8,
+                   critic_layers=1)
+    parts = L.memory_plan(cfg, None, rows, CPU)
+    policy, _ = L.tiny_model(0)
+    critic, _ = L.make_critic(policy, None, cfg)
+    n = sum(p.numel() for p in policy.parameters()) + sum(p.numel() for p in critic.parameters())
+    assert (parts["weights"], parts["gradients"], parts["optimiser"]) == (4 * n, 4 * n, 8 * n)
+    seq, h, i, v, layers, kv = 10 + 8, 64, 128, policy.config.vocab_size, 2, 2 * 16
+    assert parts["activations"] == 2 * seq * (layers * 4 * (8 * h + 4 * i) + 12 * v)
+    assert parts["kv_cache"] == 8 * seq * layers * 2 * kv * 4
+    grpo = L.memory_plan(L.Config(model="tiny", algo="grpo"), None, rows, CPU)
+    assert grpo["weights"] == 4 * sum(p.numel() for p in policy.parameters())  # no critic
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.startswith("memory plan: weights ") and "total" in line and "GiB" in line
+
+
+def test_a_plan_larger_than_the_device_is_refused_unless_forced(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    monkeypatch.setattr(L.os, "sysconf", lambda name: 1024 if name == "SC_PHYS_PAGES" else 4096)  # 4 MiB
+    with pytest.raises(SystemExit) as e:
+        run(tmp_path / "a", "--steps", "1")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[0].startswith("memory plan:") and len(err) == 2
+    assert err[1].startswith("llm_train.py: error: the memory plan") and "--force" in err[1]
+    assert not os.path.exists(tmp_path / "a" / "config.json")
+    run(tmp_path / "b", "--steps", "1", "--force")
+    assert os.path.exists(tmp_path / "b" / "summary.json")
