@@ -1090,12 +1090,16 @@ def memory_plan(cfg, ckpt, rows, device):
     """Expected peak bytes (float32 everywhere): weights 4, gradients 4, AdamW 8 a parameter for the policy
     and the critic's kept layers, one micro-batch's saved activations and logits, the largest generation's
     KV cache; on CPU a fixed runtime term. One line on stderr; above the device exit 2, unless --force."""
-    m = model_shape(os.path.join(ckpt, "policy") if ckpt else cfg.model, cfg)
+    try:  # a config that cannot be read here is the loader's to report, in one line
+        m = model_shape(os.path.join(ckpt, "policy") if ckpt else cfg.model, cfg)
+        name = os.path.join(ckpt, "critic") if ckpt else cfg.critic_model
+        c = model_shape(name, cfg) if name and cfg.algo != "grpo" else m
+    except Exception as e:
+        print(f"memory plan: not available ({first_line(e)})", file=sys.stderr)
+        return None
     h, i_, n, v = m["hidden_size"], m["intermediate_size"], m["num_hidden_layers"], m["vocab_size"]
     params = n_params(m, n, True)
     if cfg.algo != "grpo":
-        name = os.path.join(ckpt, "critic") if ckpt else cfg.critic_model
-        c = model_shape(name, cfg) if name else m
         kept = min(cfg.critic_layers or c["num_hidden_layers"], c["num_hidden_layers"])
         params += n_params(c, kept, False) + c["hidden_size"] + 1  # + the value head
     prompt = min(cfg.max_prompt_tokens, max(len(r["prompt"]) for r in rows))  # ~1 token a character
