@@ -412,7 +412,8 @@ def forward_distance(b):
 
 # Per env: outcome(batch) -> [0, 1] and success(batch) -> bool, from the finished episodes alone; measure:
 # (name, fn), the task in its own units ("mean_{name}" in evaluate()); degenerate: why a constant, random or
-# idle policy cannot succeed (tested); config, algo_config: defaults per env and per algorithm.
+# idle policy cannot succeed (tested); config, algo_config: defaults per env and per algorithm (algo_config:
+# the winners of bench/control_tune.py, each one change from config; bench/results/control_tune.md).
 ENVS = {
     "CartPole-v1": dict(  # graded by the steps balanced
         outcome=lambda b: b.length / 500.0, success=lambda b: b.length >= 500,
@@ -420,7 +421,7 @@ ENVS = {
         degenerate="the pole falls within ~10 steps under a constant push, ~20 under random pushes",
         # for speed (bench/control_speed.py): 256 episodes a batch, 32 units, 2 epochs; the lr annealed
         config=dict(total_steps=1_000_000, num_envs=256, episodes=256, hidden=32, update_epochs=2,
-                    anneal_lr=True), algo_config={}),
+                    anneal_lr=True), algo_config=dict(sppo=dict(episodes=512), ppo=dict(lr=3e-3))),
     "MountainCar-v0": dict(  # graded by the highest point reached (height ~ sin 3x), the flag gives 1
         outcome=lambda b: np.where(b.terminated, 1.0,
                                    (np.maximum(np.sin(3 * b.min_x), np.sin(3 * b.max_x)) + 1) / 2),
@@ -439,12 +440,13 @@ ENVS = {
         degenerate="upright (0.5 rad) for the whole second half: the torque is too weak to lift it directly "
                    "and upright is unstable, so it keeps hanging or swinging",
         # success by angle: return >= -200 fails a near-optimal controller on 28% of starts; 32 units: faster
-        config=dict(total_steps=2_000_000, num_envs=64, episodes=64, hidden=32), algo_config={}),
+        config=dict(total_steps=2_000_000, num_envs=64, episodes=64, hidden=32),
+        algo_config=dict(grpo=dict(group_size=16), ppo=dict(episodes=128))),
     "Hopper-v5": dict(  # graded by the forward distance (the return pays +1 a step for standing)
         outcome=lambda b: np.clip(forward_distance(b) / 10.0, 0.0, 1.0),
         success=lambda b: forward_distance(b) >= 5.0, measure=("forward_distance", forward_distance),  # m
         degenerate="5 m forward in 1000 steps: standing still, falling or random torques move it 1 m at most",
-        config=dict(total_steps=1_000_000, lr=3e-4), algo_config={}),
+        config=dict(total_steps=1_000_000, lr=3e-4), algo_config=dict(sppo=dict(critic_lr=3e-3))),
 }
 EVAL_SEED0 = 10**9  # training seeds are drawn below this, evaluation seeds start here
 ALGOS = ("sppo", "ppo", "grpo")

@@ -49,6 +49,7 @@ import sys
 import threading
 import time
 import urllib.parse
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional, TextIO
@@ -124,6 +125,13 @@ class Config:
     seed: int = arg(0, "seeds data order, sampling and the tiny model")
     threads: int = arg(0, "torch CPU threads (0 = torch's default)")
     grad_checkpointing: bool = arg(False, "trade compute for memory on big models")
+    lora: int = arg(0, "LoRA rank of the policy's adapters (0 = train every weight; needs peft). Not in the "
+                    "paper")
+    critic_lora: int = arg(-1, "LoRA rank of the critic's adapters (-1 = as --lora, 0 = train it fully)")
+    lora_alpha: float = arg(0.0, "LoRA scale: the update is (alpha / rank) B A x (0 = 2 x the rank)")
+    lora_dropout: float = arg(0.0, "dropout on the adapters' input in the update's forward passes only")
+    lora_targets: str = arg("all-linear", 'modules with adapters: "all-linear" or names, "q_proj,v_proj"')
+    merge_lora: str = arg("", "with --resume RUN: write RUN's policy, adapters merged, to this folder; exit")
     trust_remote_code: bool = arg(False, "allow custom model code from the hub (it runs downloaded code)")
     force: bool = arg(False, "start even when the memory plan exceeds the device's memory")
     bf16_cpu: bool = arg(False, "")  # hidden, for tests: the CUDA path's bf16 autocast on a CPU (autocast())
@@ -338,12 +346,13 @@ def update_critic(run, batch, m):
     cfg = run.cfg
     if run.critic is None:
         return
-    for _ in range(cfg.ppo_epochs):
-        for mb in sppo.minibatches(len(batch.resp), cfg.minibatches):
-            v = critic_values(run.critic, cfg.algo, batch, mb)
-            loss = (sppo.critic_loss(v, batch.rewards[mb]) if cfg.algo == "sppo" else
-                    sppo.value_loss(v, batch.returns[mb], batch.rmask[mb]))
-            optimiser_step(run.critic_opt, run.critic, loss, cfg.max_grad_norm)
+    with adapter_dropout(run.critic):
+        for _ in range(cfg.ppo_epochs):
+            for mb in sppo.minibatches(len(batch.resp), cfg.minibatches):
+                v = critic_values(run.critic, cfg.algo, batch, mb)
+                loss = (sppo.critic_loss(v, batch.rewards[mb]) if cfg.algo == "sppo" else
+                        sppo.value_loss(v, batch.returns[mb], batch.rmask[mb]))
+                optimiser_step(run.critic_opt, run.critic, loss, cfg.max_grad_norm)
     run.critic_sched.step()
     m["critic_loss"] = loss.item()
 
@@ -351,17 +360,18 @@ def update_critic(run, batch, m):
 def update_policy(run, batch, m):
     """PPO clipped surrogate, per-token ratio, token-mean over each minibatch's valid tokens (sppo.py)."""
     cfg, stats = run.cfg, []
-    for epoch in range(cfg.ppo_epochs):
-        for i, mb in enumerate(sppo.minibatches(len(batch.resp), cfg.minibatches)):
-            # log pi_theta(a_t | x, a_<t): response_logprobs, computed faster by update_logprobs (tested)
-            logp = update_logprobs(run.policy, batch, mb, cfg.temperature, cfg.micro_batch)
-            # before the first optimiser step the policy IS the sampling policy: ratio exactly 1; later
-            # minibatches divide by the log-probs generate sampled with (equal to a recomputation, tested)
-            old = logp.detach() if epoch == i == 0 else batch.old_logp[mb]
-            loss, s = sppo.policy_loss(logp, old, batch.adv[mb], batch.rmask[mb], cfg.clip_eps,
-                                       cfg.dual_clip or None)
-            s["grad_norm"] = optimiser_step(run.actor_opt, run.policy, loss, cfg.max_grad_norm)
-            stats.append({"policy_loss": loss.item(), **s})
+    with adapter_dropout(run.policy):
+        for epoch in range(cfg.ppo_epochs):
+            for i, mb in enumerate(sppo.minibatches(len(batch.resp), cfg.minibatches)):
+                # log pi_theta(a_t | x, a_<t): response_logprobs, computed faster by update_logprobs (tested)
+                logp = update_logprobs(run.policy, batch, mb, cfg.temperature, cfg.micro_batch)
+                # before the first optimiser step the policy IS the sampling policy: ratio exactly 1; later
+                # minibatches divide by the log-probs generate sampled with (equal to a recomputation, tested)
+                old = logp.detach() if epoch == i == 0 else batch.old_logp[mb]
+                loss, s = sppo.policy_loss(logp, old, batch.adv[mb], batch.rmask[mb], cfg.clip_eps,
+                                           cfg.dual_clip or None)
+                s["grad_norm"] = optimiser_step(run.actor_opt, run.policy, loss, cfg.max_grad_norm)
+                stats.append({"policy_loss": loss.item(), **s})
     run.actor_sched.step()
     m.update({k: sum(s[k] for s in stats) / len(stats) for k in stats[0]})
     m.update(first_minibatch_clip_frac=stats[0]["clip_frac"], first_minibatch_approx_kl=stats[0]["approx_kl"])
@@ -463,6 +473,33 @@ def make_critic(policy, tok, cfg):
         from safetensors.torch import load_file
         critic.head.load_state_dict(load_file(head))
     return critic, critic_tok
+
+
+def add_lora(model, rank, cfg, seed):
+    """LoRA (Hu et al. 2021; not in the paper) through peft: each target linear layer W gets W x + (alpha / r)
+    B A x with A [r, in] random and B [out, r] zero, so the model starts unchanged and only A, B train. A's
+    draw comes from seed alone (a warm cache or a resume cannot move it)."""
+    from peft import LoraConfig, get_peft_model
+    targets = cfg.lora_targets if cfg.lora_targets == "all-linear" else cfg.lora_targets.split(",")
+    config = LoraConfig(r=rank, lora_alpha=cfg.lora_alpha or 2 * rank, lora_dropout=cfg.lora_dropout,
+                        target_modules=targets, task_type="CAUSAL_LM" if model.can_generate() else None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def adapter_dropout(model):
+    """--lora-dropout in the update's forward passes only: sampling, the old log-probs and evaluation see the
+    adapters whole (the model stays in eval mode, see load_models)."""
+    drops = [m for name, m in model.named_modules() if name.endswith("lora_dropout")]
+    for m in drops:
+        m.train()
+    try:
+        yield
+    finally:
+        for m in drops:
+            m.eval()
 
 
 def positions(mask):
@@ -849,7 +886,8 @@ def first_line(e):
 
 # ---- flags and validation
 FIXED_ON_RESUME = ("model", "critic_model", "critic_layers", "algo", "group_size", "seed", "task", "data",
-                   "data_split", "prompt_field", "answer_field", "prompt_template")
+                   "data_split", "prompt_field", "answer_field", "prompt_template", "lora", "critic_lora",
+                   "lora_alpha", "lora_targets")
 
 
 def parse_config(argv):
@@ -895,11 +933,14 @@ RULES = {  # what each setting must be beyond its type (and, for a float, being 
     "clip_eps": (lambda v: 0 < v < 1, "in (0, 1)"),
     "dual_clip": (lambda v: v == 0 or v > 1, "0 (off) or > 1"),
     "gamma": UNIT, "lam": UNIT,
+    "critic_lora": (lambda v: v >= -1, ">= -1 (-1: as --lora)"),
+    "lora_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "lora_targets": (lambda v: all(v.split(",")), '"all-linear" or module names separated by commas'),
     **{k: POSITIVE for k in ("steps", "batch_size", "group_size", "minibatches", "micro_batch", "ppo_epochs",
                              "max_new_tokens", "max_prompt_tokens", "eval_size", "eval_batch_size",
                              "temperature", "max_grad_norm")},
-    **{k: AT_LEAST_0 for k in ("critic_layers", "lr", "critic_lr", "weight_decay", "warmup_steps",
-                               "eval_every", "eval_every_seconds", "time_budget", "save_every",
+    **{k: AT_LEAST_0 for k in ("lora", "lora_alpha", "critic_layers", "lr", "critic_lr", "weight_decay",
+                               "warmup_steps", "eval_every", "eval_every_seconds", "time_budget", "save_every",
                                "save_every_seconds", "samples_every", "threads")},
 }
 
@@ -917,6 +958,8 @@ def config_error(cfg):
             return f"{flag(f.name)} must be {what}, got {value}"
     if cfg.algo == "grpo" and cfg.group_size < 2:
         return f"--group-size must be at least 2 for grpo, got {cfg.group_size}"
+    if cfg.merge_lora and not cfg.resume:
+        return "--merge-lora needs --resume RUN, the run whose policy it merges"
     n_samples = cfg.batch_size * samples_per_prompt(cfg)
     if cfg.minibatches > n_samples:  # every minibatch gets a sample
         return f"--minibatches must be at most the {n_samples} samples of a step, got {cfg.minibatches}"
@@ -1086,32 +1129,49 @@ def n_params(m, layers, lm_head):
     return m["vocab_size"] * h * (1 + untied) + layers * layer + h
 
 
-def memory_plan(cfg, ckpt, rows, device):
-    """Expected peak bytes (float32 everywhere): weights 4, gradients 4, AdamW 8 a parameter for the policy
-    and the critic's kept layers, one micro-batch's saved activations and logits, the largest generation's
-    KV cache; on CPU a fixed runtime term. One line on stderr; above the device exit 2, unless --force."""
-    try:  # a config that cannot be read here is the loader's to report, in one line
-        m = model_shape(os.path.join(ckpt, "policy") if ckpt else cfg.model, cfg)
-        name = os.path.join(ckpt, "critic") if ckpt else cfg.critic_model
-        c = model_shape(name, cfg) if name and cfg.algo != "grpo" else m
-    except Exception as e:
-        print(f"memory plan: not available ({first_line(e)})", file=sys.stderr)
-        return None
+def lora_params(m, layers, rank):
+    """Adapter parameters of rank r on every linear layer of the blocks (all-linear): r (in + out) each."""
+    h, kv = m["hidden_size"], m["num_key_value_heads"] * m["hidden_size"] // m["num_attention_heads"]
+    return rank * layers * (9 * h + 2 * kv + 3 * m["intermediate_size"])  # q, k, v, o; gate, up, down
+
+
+def plan_bytes(cfg, m, c, prompt, device_type):
+    """Expected peak bytes of a run, by part (float32 everywhere): weights 4 a parameter; gradients 4 and AdamW
+    8 a trained parameter (with LoRA the adapters and the value head); one micro-batch's saved activations and
+    logits; the largest generation's KV cache; on CPU a fixed runtime term. m, c: policy and critic shapes."""
     h, i_, n, v = m["hidden_size"], m["intermediate_size"], m["num_hidden_layers"], m["vocab_size"]
     params = n_params(m, n, True)
+    adapters = lora_params(m, n, cfg.lora)
+    trained = adapters if cfg.lora else params
     if cfg.algo != "grpo":
         kept = min(cfg.critic_layers or c["num_hidden_layers"], c["num_hidden_layers"])
-        params += n_params(c, kept, False) + c["hidden_size"] + 1  # + the value head
-    prompt = min(cfg.max_prompt_tokens, max(len(r["prompt"]) for r in rows))  # ~1 token a character
+        critic = n_params(c, kept, False) + c["hidden_size"] + 1  # + the value head
+        params += critic
+        adapters += lora_params(c, kept, critic_rank(cfg))
+        trained += lora_params(c, kept, critic_rank(cfg)) + c["hidden_size"] + 1 if critic_rank(cfg) else critic
     seq = prompt + cfg.max_new_tokens
     tokens = min(cfg.micro_batch, cfg.batch_size * samples_per_prompt(cfg)) * seq
     per_layer = 4 * (h if cfg.grad_checkpointing else 8 * h + 4 * i_)  # saved for backward, a token
     activations = tokens * (n * per_layer + 4 * (8 * h + 4 * i_) * cfg.grad_checkpointing + 3 * 4 * v)
     rows_gen = max(cfg.batch_size * samples_per_prompt(cfg), cfg.eval_batch_size)
     kv = rows_gen * seq * n * 2 * (m["num_key_value_heads"] * h // m["num_attention_heads"]) * 4
-    runtime = 0 if device.type == "cuda" else 1 << 29  # CPU RSS of torch, transformers, data: ~0.5 GiB
-    parts = dict(weights=4 * params, gradients=4 * params, optimiser=8 * params,
-                 activations=activations, kv_cache=kv, runtime=runtime)
+    runtime = 0 if device_type == "cuda" else 1 << 29  # CPU RSS of torch, transformers, data: ~0.5 GiB
+    return dict(weights=4 * (params + adapters), gradients=4 * trained, optimiser=8 * trained,
+                activations=activations, kv_cache=kv, runtime=runtime)
+
+
+def memory_plan(cfg, ckpt, rows, device):
+    """plan_bytes of this run from the models' config files alone (no weights). One line on stderr; above the
+    device's memory exit 2, unless --force."""
+    try:  # a config that cannot be read here is the loader's to report, in one line
+        m = model_shape(os.path.join(ckpt, "policy") if ckpt and not cfg.lora else cfg.model, cfg)
+        name = os.path.join(ckpt, "critic") if ckpt and not critic_rank(cfg) else cfg.critic_model
+        c = model_shape(name, cfg) if name and cfg.algo != "grpo" else m
+    except Exception as e:
+        print(f"memory plan: not available ({first_line(e)})", file=sys.stderr)
+        return None
+    prompt = min(cfg.max_prompt_tokens, max(len(r["prompt"]) for r in rows))  # ~1 token a character
+    parts = plan_bytes(cfg, m, c, prompt, device.type)
     total = sum(parts.values())
     have = (torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else
             os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
@@ -1120,27 +1180,57 @@ def memory_plan(cfg, ckpt, rows, device):
           "an estimate)", file=sys.stderr)
     if total > have and not cfg.force:
         fail(f"the memory plan ({total / 2**30:.1f} GiB) exceeds the {device.type}'s {have / 2**30:.1f} GiB; "
-             "use smaller batches, --grad-checkpointing or a smaller critic, or --force to try anyway")
+             "use smaller batches, --lora, --grad-checkpointing or a smaller critic, or --force to try anyway")
     return parts
 
 
+def critic_rank(cfg):
+    """The critic's LoRA rank: --critic-lora, or --lora when that is -1 (0: the critic trains fully)."""
+    return 0 if cfg.algo == "grpo" else cfg.lora if cfg.critic_lora < 0 else cfg.critic_lora
+
+
+def with_adapters(model, rank, cfg, saved, seed):
+    """model with LoRA adapters: new ones (add_lora), or a checkpoint's (peft's format) when saved is given."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # peft reads a deprecated transformers attribute
+            if not saved:
+                return add_lora(model, rank, cfg, seed)
+            from peft import PeftModel
+            return PeftModel.from_pretrained(model, saved, is_trainable=True)
+    except (ValueError, OSError) as e:  # e.g. no module of the model matches --lora-targets
+        fail(f"cannot add LoRA adapters (--lora-targets {cfg.lora_targets}): {first_line(e)}")
+
+
 def load_models(cfg, ckpt, device):
-    """The policy and, for sppo/ppo, a critic; a resumed run loads both from its checkpoint."""
-    policy, tok = load_policy(os.path.join(ckpt, "policy") if ckpt else cfg.model, cfg)
+    """The policy and, for sppo/ppo, a critic; a resumed run loads both from its checkpoint (with LoRA: the
+    base weights from --model as at the start, the adapters from the checkpoint)."""
+    saved = (lambda name: os.path.join(ckpt, name) if ckpt else "")
+    policy, tok = load_policy(cfg.model if cfg.lora or not ckpt else saved("policy"), cfg)
     critic = critic_tok = None
     if cfg.algo != "grpo":
-        critic_cfg = (dataclasses.replace(cfg, critic_model=os.path.join(ckpt, "critic"), critic_layers=0)
-                      if ckpt else cfg)  # a resumed critic is whole (already cut) and in the checkpoint
+        whole = ckpt and not critic_rank(cfg)  # a resumed full critic is whole (already cut) in the checkpoint
+        critic_cfg = dataclasses.replace(cfg, critic_model=saved("critic"), critic_layers=0) if whole else cfg
         critic, critic_tok = make_critic(policy, tok, critic_cfg)
         if cfg.algo == "ppo" and critic_tok.get_vocab() != tok.get_vocab():
             fail("--algo ppo reads response tokens with the critic: --critic-model must share the policy's "
                  "tokenizer")
+        if critic_rank(cfg):
+            critic.backbone = with_adapters(critic.backbone, critic_rank(cfg), cfg, saved("critic"), cfg.seed + 1)
+            if ckpt:
+                from safetensors.torch import load_file
+                critic.head.load_state_dict(load_file(os.path.join(ckpt, "critic", "value_head.safetensors")))
+    if cfg.lora:  # after make_critic: the critic copies the policy's weights without adapters
+        policy = with_adapters(policy, cfg.lora, cfg, saved("policy"), cfg.seed)
     for model, backbone in ((policy, policy), (critic, getattr(critic, "backbone", None))):
         if model is not None:  # eval mode throughout: no dropout, old and new log-probs are one function
             model.to(device).eval()
             if cfg.grad_checkpointing:  # HF only checkpoints in train mode; Llama/Qwen have no dropout
-                backbone.gradient_checkpointing_enable()
+                backbone.activation_checkpointing_enable()
                 model.train()
+                for name, m in model.named_modules():  # LoRA dropout: only inside adapter_dropout
+                    if name.endswith("lora_dropout"):
+                        m.eval()
     return policy, tok, critic, critic_tok
 
 
@@ -1162,8 +1252,10 @@ def build_run(cfg, saved, reward, t_start):
     def warmup(s):
         return min(1.0, (s + 1) / (cfg.warmup_steps + 1))
     # fused: one kernel for the whole AdamW update instead of one per tensor group (CPU and CUDA)
-    actor_opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    critic_opt = (torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=cfg.weight_decay,
+    def trained(model):  # with LoRA: the adapters (and the value head)
+        return [p for p in model.parameters() if p.requires_grad]
+    actor_opt = torch.optim.AdamW(trained(policy), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    critic_opt = (torch.optim.AdamW(trained(critic), lr=cfg.critic_lr, weight_decay=cfg.weight_decay,
                                     fused=True) if critic is not None else None)
     run = Run(cfg=cfg, device=device, policy=policy, tok=tok, critic=critic, critic_tok=critic_tok,
               actor_opt=actor_opt, critic_opt=critic_opt, actor_sched=LambdaLR(actor_opt, warmup),
@@ -1211,10 +1303,10 @@ def save_checkpoint(run):
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        save_model(run.policy, run.tok, os.path.join(tmp, "policy"))
+        save_weights(run.policy, run.tok, os.path.join(tmp, "policy"))
         if run.critic is not None:
             from safetensors.torch import save_file
-            save_model(run.critic.backbone, run.critic_tok, os.path.join(tmp, "critic"))
+            save_weights(run.critic.backbone, run.critic_tok, os.path.join(tmp, "critic"))
             save_file({k: v.contiguous() for k, v in run.critic.head.state_dict().items()},
                       os.path.join(tmp, "critic", "value_head.safetensors"))
         optim = {k: getattr(run, k) for k in ("actor_opt", "critic_opt", "actor_sched", "critic_sched")}
@@ -1231,6 +1323,36 @@ def save_checkpoint(run):
         if old.startswith("checkpoint-") and old != os.path.basename(final):
             shutil.rmtree(os.path.join(cfg.out, old), ignore_errors=True)
     run.saved_step, run.saved_at = step, time.time()
+
+
+def save_weights(model, tok, path):
+    """A model with LoRA adapters: the adapters alone, in peft's format (PeftModel.from_pretrained loads them
+    onto the base model); any other model whole (save_model)."""
+    if not hasattr(model, "peft_config"):
+        return save_model(model, tok, path)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+def merge_lora(cfg, saved):
+    """--merge-lora DIR: the run's latest policy with each adapted W replaced by W + (alpha / r) B A, written
+    as a plain model folder that from_pretrained loads."""
+    if not cfg.lora:
+        fail(f"--merge-lora: the run in {cfg.resume} has no LoRA adapters; its checkpoint's policy folder is "
+             "already a whole model")
+    if os.path.exists(cfg.merge_lora):
+        fail(f"--merge-lora {cfg.merge_lora}: already exists; name a new folder")
+    policy, tok = load_policy(cfg.model, cfg)
+    policy = with_adapters(policy, cfg.lora, cfg, os.path.join(saved[0], "policy"), cfg.seed)
+    tmp = f"{cfg.merge_lora.rstrip('/')}.tmp{os.getpid()}"
+    try:
+        save_model(policy.merge_and_unload(), tok, tmp)
+        os.replace(tmp, cfg.merge_lora)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        fail(f"--merge-lora {cfg.merge_lora}: cannot write it ({first_line(e)})")
+    print(f"merged the adapters of step {saved[1]['state']['step']} into {cfg.merge_lora} (from_pretrained "
+          "loads it)", file=sys.stderr)
 
 
 def write_atomic(path, text):
@@ -1481,6 +1603,10 @@ def main(argv=None):
     t_start = time.time()
     # 1. everything that can be checked before a model loads: checkpoint, model names, --out, reward, data
     saved = read_checkpoint(cfg.resume) if cfg.resume else None
+    if (cfg.lora or critic_rank(cfg)) and importlib.util.find_spec("peft") is None:
+        fail("--lora and --critic-lora need the peft package (pip install peft==0.21.2)")
+    if cfg.merge_lora:
+        return merge_lora(cfg, saved)
     if saved and saved[1]["state"]["step"] >= cfg.steps:
         fail(f"--resume {cfg.resume}: already at step {saved[1]['state']['step']}; pass a larger --steps")
     if saved and 0 < cfg.time_budget <= saved[1]["state"].get("train_seconds", 0.0):

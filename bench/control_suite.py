@@ -1,14 +1,16 @@
-"""SPPO vs token-level PPO vs GRPO (8 episodes per seed) on the five control tasks, equal env-step budgets.
+"""SPPO vs token-level PPO vs GRPO on the five control tasks, equal env-step budgets, each at its own defaults.
 
-    python bench/control_suite.py                      # 5 envs x 3 algos x SEEDS, --jobs 2 runs side by side
+    python bench/control_suite.py                      # 5 envs x 3 algos x 5 seeds, --jobs 2 side by side
     python bench/control_suite.py --quick              # 1 seed, small budgets, 20 eval episodes, minutes
     python bench/control_suite.py --envs CartPole-v1 --seeds 8 --jobs 1 --out DIR --results DIR
 
 Every run is `python control.py --env ENV --algo ALGO --seed S --total-steps BUDGETS[ENV] --out DIR
---overwrite` with the env's default settings otherwise, OMP_NUM_THREADS=1, --jobs runs side by side. BUDGETS
-are the env-step budgets of control.py's defaults, so the sppo rows are the default SPPO runs on unseen seeds.
-Seeds start at 101: seeds 1-3 were used for tuning. Success and return are control.py's final evaluation
-(summary.json: 100 episodes on seeds training never draws). Each mean over seeds comes with a 95% percentile
+--overwrite` with control.py's defaults otherwise (per env and algorithm: ENVS' algo_config, the winners of
+bench/control_tune.py), OMP_NUM_THREADS=1, --jobs runs side by side; a run that finished with the same
+command is read back (the suite resumes). BUDGETS are the env-step budgets of the env's defaults, the same
+for the three algorithms, so the sppo rows are the default SPPO runs on unseen seeds. Seeds start at 101
+(tuning: 11, 12). Success and return: control.py's final evaluation (summary.json: 100 episodes on seeds
+training never draws). Each mean over seeds comes with a 95% percentile
 bootstrap interval (10,000 resamples of the seeds, a fixed generator seed, so reruns give the same interval).
 Verdict per env: SPPO is "ahead of", "behind" or "not distinguishable from" GRPO and PPO, from the bootstrap
 interval of the difference of mean success (each side's seeds resampled on their own): entirely above 0,
@@ -20,6 +22,7 @@ Writes RESULTS/control_suite.{md,json} and RESULTS/control_<env>.png (plots need
 The helpers (run, bootstrap_ci, bootstrap_diff, run_all, machine) are shared with control_ablation.py.
 """
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -40,8 +43,8 @@ import control  # noqa: E402
 # every algorithm gets the env-step budget of control.py's SPPO default for that env, so the sppo rows are
 # the default runs on unseen seeds
 BUDGETS = {env: spec["config"]["total_steps"] for env, spec in control.ENVS.items()}
-SEEDS = {"CartPole-v1": 5, "MountainCar-v0": 5, "LunarLander-v3": 3, "Pendulum-v1": 3, "Hopper-v5": 3}
-FIRST_SEED = 101  # seeds 1-3 were used for tuning
+SEEDS = {env: 5 for env in BUDGETS}
+FIRST_SEED = 101  # bench/control_tune.py tunes on seeds 11 and 12
 QUICK_BUDGETS = {"CartPole-v1": 60_000, "MountainCar-v0": 60_000, "LunarLander-v3": 20_000,
                  "Pendulum-v1": 30_000, "Hopper-v5": 10_000}  # a smoke test: 5-25 updates per run
 # train-loop env steps per second of sppo on one core (about): to start the longest runs first
@@ -52,19 +55,24 @@ VERDICTS = ("ahead of", "behind", "not distinguishable from")
 
 
 def run(env, algo, seed, out, flags=(), eval_episodes=100):
-    """One control.py run into out (replacing an earlier one); its summary, batch-success curve and target."""
+    """One control.py run into out, or the run already there if it finished with the same settings (defaults
+    included: a call that stopped part way resumes); its summary, batch-success curve and target."""
     out = os.path.abspath(out)  # control.py runs in ROOT
     cmd = [sys.executable, "control.py", "--env", env, "--algo", algo, "--seed", str(seed), *flags,
            "--eval-episodes", str(eval_episodes), "--out", out, "--overwrite"]  # a rerun replaces its own run
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out + ".log", "w") as log:  # beside the run folder, which holds control.py's files only
-        done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=log,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if done.returncode != 0:
-        tail = open(out + ".log").read()[-2000:]
-        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}), end of {out}.log:\n{tail}")
-    with open(os.path.join(out, "summary.json")) as f:
-        summary = json.load(f)
+    path = os.path.join(out, "summary.json")
+    summary = json.load(open(path)) if os.path.isfile(path) else {}
+    wanted = dataclasses.asdict(control.make_config(control.parse_args(cmd[2:])))  # defaults resolved too
+    if summary.get("success_rate") is None or summary.get("config") != wanted:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out + ".log", "w") as log:  # beside the run folder, which holds control.py's files only
+            done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=log,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"})
+        if done.returncode != 0:
+            tail = open(out + ".log").read()[-2000:]
+            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}), end of {out}.log:\n{tail}")
+        with open(path) as f:
+            summary = json.load(f)
     with open(os.path.join(out, "metrics.jsonl")) as f:
         curve = [(r["env_steps"], r["wall_seconds"], r["success_rate"]) for r in map(json.loads, f)]
     hit = next((c for c in curve if c[2] >= TARGETS[env]), None)
@@ -139,22 +147,27 @@ def summarise(rs, budget):
 
 
 def plot(env, runs, path):
+    """Batch success against env steps and against wall seconds: mean over seeds, band min-max."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    # a common grid where every run has data: no extrapolation past a run's first or last update
-    grid = np.linspace(max(r["curve"][0][0] for r in runs), min(r["curve"][-1][0] for r in runs), 200)
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    for algo, color in zip(ALGOS, ("C0", "C1", "C2")):
-        rs = [r for r in runs if r["algo"] == algo]
-        ys = np.array([np.interp(grid, [c[0] for c in r["curve"]], [c[2] for c in r["curve"]]) for r in rs])
-        seeds = f"{len(rs)} seed" + "s" * (len(rs) > 1)
-        ax.plot(grid, ys.mean(axis=0), color=color, lw=1.5, label=f"{algo} ({seeds})")
-        ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.2, lw=0)
-    ax.axhline(TARGETS[env], color="grey", ls=":", lw=1, label=f"target {TARGETS[env]}")
-    ax.set(title=f"{env}: mean over seeds, band: min-max", xlabel="env steps", ylabel="batch success rate",
-           ylim=(-0.02, 1.02))
-    ax.legend(loc="upper left", fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for ax, x, name in zip(axes, (0, 1), ("env steps", "wall seconds")):
+        # env steps: where every run has data; seconds: to the slowest run's end, a finished run keeps its
+        # last value (its policy no longer changes)
+        lo = max(r["curve"][0][x] for r in runs)
+        hi = (min if x == 0 else max)(r["curve"][-1][x] for r in runs)
+        grid = np.linspace(lo, hi, 200)
+        for algo, color in zip(ALGOS, ("C0", "C1", "C2")):
+            rs = [r for r in runs if r["algo"] == algo]
+            ys = np.array([np.interp(grid, [c[x] for c in r["curve"]], [c[2] for c in r["curve"]]) for r in rs])
+            seeds = f"{len(rs)} seed" + "s" * (len(rs) > 1)
+            ax.plot(grid, ys.mean(axis=0), color=color, lw=1.5, label=f"{algo} ({seeds})")
+            ax.fill_between(grid, ys.min(axis=0), ys.max(axis=0), color=color, alpha=0.2, lw=0)
+        ax.axhline(TARGETS[env], color="grey", ls=":", lw=1, label=f"target {TARGETS[env]}")
+        ax.set(title=f"{env}: mean over seeds, band: min-max", xlabel=name, ylabel="batch success rate",
+               ylim=(-0.02, 1.02))
+    axes[0].legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -176,7 +189,7 @@ def main(argv=None):
     results_dir = args.results or (os.path.join(out, "results") if args.quick
                                    else os.path.join(ROOT, "bench", "results"))
     os.makedirs(results_dir, exist_ok=True)
-    flags = {env: ["--total-steps", str(budgets[env]), "--group-size", "8"] for env in args.envs}
+    flags = {env: ["--total-steps", str(budgets[env])] for env in args.envs}  # else control.py's defaults
     eval_episodes = 20 if args.quick else 100
     jobs = [(env, algo, seed, os.path.join(out, f"{env}_{algo}_{seed}"), flags[env], eval_episodes)
             for env in args.envs for seed in range(FIRST_SEED, FIRST_SEED + n_seeds[env]) for algo in ALGOS]

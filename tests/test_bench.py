@@ -53,6 +53,15 @@ def test_control_suite_quick(tmp_path):
         assert v["verdict"] in control_suite.VERDICTS and v["ci95"][0] <= v["difference"] <= v["ci95"][1]
     md = (tmp_path / "results" / "control_suite.md").read_text()
     assert "| CartPole-v1 | sppo | 60,000 |" in md and "- **CartPole-v1** (target 0.95): SPPO is " in md
+    configs = {r["algo"]: r["config"] for r in result["runs"]}  # each algorithm at its own tuned defaults
+    assert (configs["sppo"]["episodes"], configs["ppo"]["lr"], configs["grpo"]["episodes"]) == (512, 3e-3, 256)
+    stamp = os.path.getmtime(tmp_path / "CartPole-v1_sppo_101" / "summary.json")
+    again = subprocess.run([sys.executable, "bench/control_suite.py", "--quick", "--envs", "CartPole-v1",
+                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr  # the finished runs are read back, not run again
+    assert os.path.getmtime(tmp_path / "CartPole-v1_sppo_101" / "summary.json") == stamp
+    kept = json.load(open(tmp_path / "results" / "control_suite.json"))["runs"]
+    assert [r["curve"] for r in kept] == [r["curve"] for r in result["runs"]]
     pytest.importorskip("matplotlib")
     assert (tmp_path / "results" / "control_CartPole-v1.png").stat().st_size > 0
 

@@ -1078,3 +1078,121 @@ def test_a_plan_larger_than_the_device_is_refused_unless_forced(tmp_path, monkey
     assert not os.path.exists(tmp_path / "a" / "config.json")
     run(tmp_path / "b", "--steps", "1", "--force")
     assert os.path.exists(tmp_path / "b" / "summary.json")
+
+
+# ------------------------------------------------------------------------------------------ LoRA (--lora)
+def adapter_weights(folder):
+    return load_file(os.path.join(folder, "adapter_model.safetensors"))
+
+
+def test_lora_trains_only_the_adapters_and_resumes_exactly(tmp_path, monkeypatch):
+    """--lora 4: the policy's and the critic's adapters (and the value head) train, nothing else; the
+    checkpoint holds the adapters in peft's format, and a resumed run equals an uninterrupted one."""
+    pytest.importorskip("peft")  # optional: requirements-dev.txt
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    args = ["--lora", "4", "--critic-layers", "1", "--lr", "1e-2"]
+    run(tmp_path / "straight", "--steps", "3", *args)
+    run(tmp_path / "split", "--steps", "2", *args)
+    L.main(["--resume", str(tmp_path / "split"), "--steps", "3"])
+    a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "split")
+    for ma, mb in zip(a, b, strict=True):
+        for k in ["policy_loss", "critic_loss", "reward_mean", "approx_kl", "entropy"]:
+            assert ma[k] == pytest.approx(mb[k], rel=1e-6, abs=1e-9), (ma["step"], k)
+    for part in ("policy", "critic"):
+        folder = os.path.join(latest(tmp_path / "straight"), part)
+        assert not os.path.exists(os.path.join(folder, "model.safetensors"))  # the base is --model's
+        wa, wb = adapter_weights(folder), adapter_weights(os.path.join(latest(tmp_path / "split"), part))
+        assert sorted(wa) == sorted(wb) and all("lora_" in k for k in wa)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+        assert max(wa[k].abs().max() for k in wa if "lora_B" in k) > 0  # B starts at 0: it trained
+    cfg = L.Config(model="tiny", lora=4, critic_layers=1)
+    policy, _ = L.tiny_model(0)
+    critic, _ = L.make_critic(policy, None, cfg)
+    critic.backbone = L.add_lora(critic.backbone, 4, cfg, 1)
+    policy = L.add_lora(policy, 4, cfg, 0)
+    trained = [p for m in (policy, critic) for p in m.parameters() if p.requires_grad]
+    shape = L.model_shape("tiny", cfg)
+    assert sum(p.numel() for p in trained) == (L.lora_params(shape, 2, 4) + L.lora_params(shape, 1, 4)
+                                               + shape["hidden_size"] + 1)  # the plan's count is the models'
+    parts = L.plan_bytes(cfg, shape, shape, 10, "cpu")
+    assert parts["optimiser"] == 8 * sum(p.numel() for p in trained)
+
+
+def test_lora_checkpoint_loads_with_peft_and_merges(tmp_path, monkeypatch, capsys):
+    PeftModel = pytest.importorskip("peft").PeftModel
+    from transformers import AutoModelForCausalLM
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path / "a", "--steps", "2", "--lora", "4", "--lr", "1e-2", "--algo", "grpo")
+    L.main(["--resume", str(tmp_path / "a"), "--merge-lora", str(tmp_path / "merged")])
+    assert "merged the adapters of step 2" in capsys.readouterr().err
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    peft_model = PeftModel.from_pretrained(L.tiny_model(0)[0], os.path.join(latest(tmp_path / "a"), "policy"))
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    base = L.tiny_model(0)[0]
+    with torch.no_grad():
+        a, b, c = (m(input_ids=ids).logits for m in (peft_model, merged, base))
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert (a - c).abs().max() > 1e-3  # the adapters changed the model, and the merge kept the change
+    capsys.readouterr()
+    bad(["--resume", str(tmp_path / "a"), "--merge-lora", str(tmp_path / "merged")], capsys, "already exists")
+    run(tmp_path / "full", "--steps", "1", "--algo", "grpo")
+    capsys.readouterr()
+    bad(["--resume", str(tmp_path / "full"), "--merge-lora", str(tmp_path / "m2")], capsys, "no LoRA adapters")
+    bad([*TINY, "--merge-lora", str(tmp_path / "m3")], capsys, "--merge-lora needs --resume RUN")
+    assert not os.path.exists(tmp_path / "m2") and not os.path.exists(tmp_path / "m3")
+
+
+def test_critic_lora_0_trains_the_critic_fully(tmp_path, monkeypatch):
+    pytest.importorskip("peft")  # optional: requirements-dev.txt
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path / "a", "--steps", "1", "--lora", "4", "--critic-lora", "0", "--critic-layers", "1")
+    folder = latest(tmp_path / "a")
+    assert os.path.exists(os.path.join(folder, "policy", "adapter_model.safetensors"))
+    critic = load_file(os.path.join(folder, "critic", "model.safetensors"))  # whole, and trained
+    start = L.tiny_model(0)[0].model.state_dict()
+    assert max((critic[k] - start[k]).abs().max() for k in critic) > 0
+    summary = L.main(["--resume", str(tmp_path / "a"), "--steps", "2"])
+    assert summary["steps"] == 2
+
+
+def test_lora_dropout_only_in_the_update():
+    pytest.importorskip("peft")  # optional: requirements-dev.txt
+    cfg = L.Config(lora_dropout=0.5)
+    model = L.add_lora(L.tiny_model(0)[0], 4, cfg, 0).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # B = 0 at the start hides the dropout
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    outside = [model(input_ids=ids).logits for _ in range(2)]
+    torch.testing.assert_close(outside[0], outside[1], atol=0, rtol=0)  # sampling and evaluation: none
+    with L.adapter_dropout(model):
+        inside = [model(input_ids=ids).logits for _ in range(2)]
+    assert (inside[0] - inside[1]).abs().max() > 1e-3
+    torch.testing.assert_close(model(input_ids=ids).logits, outside[0], atol=0, rtol=0)
+
+
+def test_lora_with_gradient_checkpointing_learns_the_same(tmp_path, monkeypatch):
+    pytest.importorskip("peft")  # optional: requirements-dev.txt
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path / "a", "--steps", "2", "--lora", "4", "--lr", "1e-2")
+    run(tmp_path / "b", "--steps", "2", "--lora", "4", "--lr", "1e-2", "--grad-checkpointing")
+    for x, y in zip(metrics(tmp_path / "a"), metrics(tmp_path / "b"), strict=True):
+        assert x["policy_loss"] == pytest.approx(y["policy_loss"], abs=1e-6)
+    a, b = (adapter_weights(os.path.join(latest(tmp_path / d), "policy")) for d in "ab")
+    assert max(a[k].abs().max() for k in a if "lora_B" in k) > 1e-2  # trained: the comparison can tell
+    for k in a:  # (Adam at lr 1e-2 turns float-level differences of the recomputation into ~2e-5)
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=0)
+
+
+def test_lora_bad_input(tmp_path, capsys, monkeypatch):
+    out = ["--out", str(tmp_path / "o")]
+    bad([*TINY, "--critic-lora", "-2", *out], capsys, "--critic-lora must be >= -1 (-1: as --lora), got -2")
+    bad([*TINY, "--lora-dropout", "1", *out], capsys, "--lora-dropout must be in [0, 1), got 1.0")
+    bad([*TINY, "--lora", "-1", *out], capsys, "--lora must be >= 0, got -1")
+    bad([*TINY, "--lora", "4", "--lora-targets", "no_such_proj", *out], capsys, "cannot add LoRA adapters",
+        whole=False)
+    real = L.importlib.util.find_spec
+    monkeypatch.setattr(L.importlib.util, "find_spec", lambda name: None if name == "peft" else real(name))
+    bad([*TINY, "--lora", "4", *out], capsys, "need the peft package (pip install peft==0.21.2)")
+    assert not os.path.exists(tmp_path / "o")
