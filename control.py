@@ -446,7 +446,8 @@ ENVS = {
         outcome=lambda b: np.clip(forward_distance(b) / 10.0, 0.0, 1.0),
         success=lambda b: forward_distance(b) >= 5.0, measure=("forward_distance", forward_distance),  # m
         degenerate="5 m forward in 1000 steps: standing still, falling or random torques move it 1 m at most",
-        config=dict(total_steps=1_000_000, lr=3e-4), algo_config=dict(sppo=dict(critic_lr=3e-3))),
+        config=dict(total_steps=1_000_000, lr=3e-4),
+        algo_config=dict(sppo=dict(critic_lr=3e-3), grpo=dict(group_size=16))),
 }
 EVAL_SEED0 = 10**9  # training seeds are drawn below this, evaluation seeds start here
 ALGOS = ("sppo", "ppo", "grpo")
