@@ -74,7 +74,8 @@ def run(out, flags, threads):
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl")) if line.strip()]
     steps = [r for r in rows if "time_policy" in r]
     return dict(accuracy=summary["eval_accuracy_after"], steps=summary["steps"],
-                train_seconds=summary["train_seconds"], seconds_per_step=summary["train_seconds"] / summary["steps"],
+                train_seconds=summary["train_seconds"],
+                seconds_per_step=summary["train_seconds"] / summary["steps"],
                 update_seconds=float(np.mean([r["time_critic"] + r["time_policy"] for r in steps])),
                 peak_gib=summary["peak_memory_bytes"] / 2**30, plan_gib=summary.get("plan_gib"),
                 measured=summary.get("measured"))
@@ -105,29 +106,34 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budget", type=float, default=400.0, help="training seconds of every accuracy run")
     p.add_argument("--jobs", type=int, default=1, help="runs side by side (then one torch thread each)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads a run (0: 1 with --jobs 2, else all)")
     p.add_argument("--quick", action="store_true", help="tiny model, seed 0, 2 s budget, 16 problems")
     p.add_argument("--out", default=None, help="run folders (default runs/llm_lora[_quick])")
     p.add_argument("--results", default=None, help="tables (default bench/results; OUT with --quick)")
     a = p.parse_args()
     out = a.out or os.path.join(ROOT, "runs", "llm_lora_quick" if a.quick else "llm_lora")
     results = a.results or (out if a.quick else os.path.join(ROOT, "bench", "results"))
-    small = ["--model", "tiny", "--batch-size", "4", "--eval-size", "16", "--max-new-tokens", "8"] if a.quick else []
+    small = (["--model", "tiny", "--batch-size", "4", "--eval-size", "16", "--max-new-tokens", "8"] if a.quick
+             else [])
     seeds, budget = ([0], 2.0) if a.quick else (a.seeds, a.budget)
-    threads = 1 if a.jobs > 1 else 0
+    threads = a.threads or (1 if a.jobs > 1 else 0)
     jobs = []
     if "accuracy" in a.parts:
         jobs += [(f"{arm}/seed{s}", [*small, "--seed", str(s), "--time-budget", str(budget), "--steps", "100",
-                                      *(LORA if arm == "lora" else [])]) for arm in ("full", "lora") for s in seeds]
+                                      *(LORA if arm == "lora" else [])])
+                 for arm in ("full", "lora") for s in seeds]
     if "memory" in a.parts:
         jobs += [(f"memory/{name.replace(' ', '_')}", [*small, "--steps", "1", "--eval-size", "16" if a.quick
                                                         else "64", *flags]) for name, flags in MEMORY.items()]
     with ThreadPoolExecutor(a.jobs) as pool:
-        done = dict(zip([j[0] for j in jobs], pool.map(lambda j: run(os.path.join(out, j[0]), j[1], threads), jobs)))
+        finished = pool.map(lambda j: run(os.path.join(out, j[0]), j[1], threads), jobs)
+        done = dict(zip([j[0] for j in jobs], finished))
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     result = dict(machine=machine, jobs=a.jobs, threads=threads or "torch default", quick=a.quick, runs=done)
     lines = [f"{machine}; {a.jobs} run(s) at a time, threads: {result['threads']}.", ""]
     if "accuracy" in a.parts:
-        lines += [f"Accuracy at {budget:.0f} training s (`--time-budget {budget:.0f}`; LoRA: `{' '.join(LORA)}`)", "",
+        lines += [f"Accuracy at {budget:.0f} training s (`--time-budget {budget:.0f}`; LoRA: "
+                  f"`{' '.join(LORA)}`)", "",
                   "| arm | accuracy per seed | mean [95% CI] | steps | s / step | peak GiB | measured |",
                   "|---|---|---|---|---|---|---|"]
         for arm in ("full", "lora"):
@@ -157,8 +163,8 @@ def main():
                   "tokens)", "",
                   "| policy | setup | expected peak GiB | " + " | ".join(f"{g} GiB" for g in GPUS) + " |",
                   "|---" * (3 + len(GPUS)) + "|"]
-        lines += [f"| {key} | {t['gib']:.1f} | " + " | ".join("fits" if t["gib"] <= g else "-" for g in GPUS) + " |"
-                  for key, t in table.items()]
+        lines += [f"| {key} | {t['gib']:.1f} | " + " | ".join("fits" if t["gib"] <= g else "-" for g in GPUS)
+                  + " |" for key, t in table.items()]
     os.makedirs(results, exist_ok=True)
     with open(os.path.join(results, "llm_lora.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

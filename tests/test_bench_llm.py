@@ -90,3 +90,32 @@ def test_llm_compare_quick(tmp_path):
     summary = json.load(open(run / "summary.json"))  # a run stopped by a signal is not done
     (run / "summary.json").write_text(json.dumps({**summary, "interrupted": True}))
     assert not llm_compare.finished(str(run), ["python", "llm_train.py"] + flags)
+
+
+@pytest.mark.slow
+def test_llm_lora_quick(tmp_path):
+    """bench/llm_lora.py --quick: full and LoRA at the same 2 training seconds, the four memory settings with
+    their plan, and the GPU table from the plan's arithmetic; a second call reads the runs back."""
+    pytest.importorskip("peft")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "bench/llm_lora.py", "--quick", "--jobs", "2", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.load(open(tmp_path / "llm_lora.json"))
+    runs = result["runs"]
+    assert set(runs) == {"full/seed0", "lora/seed0", "memory/full", "memory/grad-checkpointing",
+                         "memory/lora_16", "memory/lora_16_+_grad-checkpointing"}
+    for name, r in runs.items():
+        assert 0 <= r["accuracy"] <= 1 and r["steps"] >= 1 and r["plan_gib"] > 0 and r["peak_gib"] > 0, name
+    assert runs["full/seed0"]["train_seconds"] >= 2 and runs["lora/seed0"]["train_seconds"] >= 2
+    config = json.load(open(tmp_path / "lora" / "seed0" / "config.json"))
+    assert (config["lora"], config["lr"], config["time_budget"]) == (16, 3e-4, 2.0)
+    assert result["full"]["accuracy_ci95"][0] <= result["full"]["accuracy_mean"] <= result["full"]["accuracy_ci95"][1]
+    fits = result["fits"]
+    assert len(fits) == 15 and fits["7B | LoRA 16, small critic, grad-ckpt"]["parts"]["runtime"] == 0
+    assert fits["1.5B | LoRA 16, small critic"]["gib"] < fits["1.5B | full, small critic (6 layers)"]["gib"]
+    md = (tmp_path / "llm_lora.md").read_text()
+    assert "| lora | " in md and "| grad-checkpointing | " in md and "| 7B | full, whole critic | " in md
+    stamp = os.path.getmtime(tmp_path / "lora" / "seed0" / "summary.json")
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and os.path.getmtime(tmp_path / "lora" / "seed0" / "summary.json") == stamp
