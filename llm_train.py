@@ -112,6 +112,9 @@ class Config:
     eval_every: int = arg(0, "also evaluate every N steps (0 = only before and after)")
     eval_every_seconds: float = arg(0.0, "also evaluate when training seconds pass a multiple (0 = off)")
     time_budget: float = arg(0.0, "stop training once this many training seconds have passed (0 = off)")
+    patience: int = arg(0, "stop once this many evaluations in a row (--eval-every, --eval-every-seconds) bring "
+                        "no new best held-out accuracy by more than --min-delta (0 = off)")
+    min_delta: float = arg(0.01, "--patience: the gain over the best accuracy so far that counts as a new best")
     eval_batch_size: int = arg(256, "prompts per greedy generation batch")
     save_every: int = arg(0, "also checkpoint every N steps (0 = off)")
     save_every_seconds: float = arg(300.0, "also checkpoint when this many wall seconds passed since the "
@@ -181,6 +184,7 @@ class State:
     generated_tokens: int = 0
     wall_seconds: float = 0.0  # across resumes
     train_seconds: float = 0.0  # the steps' TIME_KEYS summed, across resumes
+    plateaued: bool = False  # --patience evaluations without a new best: training stops
 
 
 @dataclass
@@ -245,7 +249,9 @@ def train(run):
         state.step = step  # the weights are this step's now
         if eval_due(cfg, step, seconds_before, state.train_seconds) and not last_step(run, step):
             m["eval_accuracy"], m["eval_response_length"] = evaluate(run)  # (the last step's: finish())
-            state.eval_history.append({"step": step, "eval_accuracy": m["eval_accuracy"]})
+            state.eval_history.append({"step": step, "eval_accuracy": m["eval_accuracy"],
+                                       "eval_response_length": m["eval_response_length"]})
+            state.plateaued = plateaued(state.eval_history, cfg)
         log_step(run, batch, m)  # plumbing: metrics.jsonl, TensorBoard; a non-finite number stops the run
         save_if_due(run, step)  # plumbing: --save-every, --save-every-seconds, a signal, the last step
         if last_step(run, step) or run.signals.got:
@@ -396,8 +402,14 @@ def step_metrics(run, batch, m):
 
 
 def last_step(run, step):
-    """--steps done, or --time-budget training seconds spent."""
-    return step >= run.cfg.steps or 0 < run.cfg.time_budget <= run.state.train_seconds
+    """--steps done, --time-budget training seconds spent, or the accuracy stopped rising (--patience)."""
+    return step >= run.cfg.steps or 0 < run.cfg.time_budget <= run.state.train_seconds or run.state.plateaued
+
+
+def plateaued(history, cfg):
+    """--patience N: the last N evaluations bring no accuracy above the best before them + --min-delta."""
+    acc, n = [e["eval_accuracy"] for e in history], cfg.patience
+    return bool(n) and len(acc) > n and max(acc[-n:]) <= max(acc[:-n]) + cfg.min_delta
 
 
 # ---- models: the policy, the critic, sampling, log-probs ----
@@ -940,8 +952,8 @@ RULES = {  # what each setting must be beyond its type (and, for a float, being 
                              "max_new_tokens", "max_prompt_tokens", "eval_size", "eval_batch_size",
                              "temperature", "max_grad_norm")},
     **{k: AT_LEAST_0 for k in ("lora", "lora_alpha", "critic_layers", "lr", "critic_lr", "weight_decay",
-                               "warmup_steps", "eval_every", "eval_every_seconds", "time_budget", "save_every",
-                               "save_every_seconds", "samples_every", "threads")},
+                               "patience", "min_delta", "warmup_steps", "eval_every", "eval_every_seconds",
+                               "time_budget", "save_every", "save_every_seconds", "samples_every", "threads")},
 }
 
 
@@ -1280,6 +1292,7 @@ def restore(run, saved, warmup):
             for group in opt.param_groups:
                 group.update(initial_lr=lr, lr=lr * warmup(sched.last_epoch), weight_decay=cfg.weight_decay)
     run.state = State(**saved["state"])
+    run.state.plateaued = plateaued(run.state.eval_history, cfg)  # --patience may have changed
     run.wall_before, run.saved_step = run.state.wall_seconds, run.state.step
 
 
@@ -1557,7 +1570,9 @@ def write_summary(run, acc):
     summary = dict(model=cfg.model, algo=cfg.algo, steps=state.step, eval_problems=len(run.data.eval_rows),
                    eval_accuracy_before=state.eval_accuracy_before, eval_accuracy_after=acc,
                    eval_history=state.eval_history, wall_seconds=wall(run), train_seconds=state.train_seconds,
-                   stopped_by_time_budget=state.step < cfg.steps and not run.signals.got,
+                   stopped_by_time_budget=(state.step < cfg.steps and not run.signals.got
+                                           and not state.plateaued),
+                   stopped_by_patience=state.plateaued,
                    generated_tokens=state.generated_tokens, peak_memory_bytes=peak_memory(run.device),
                    device=run.device.type, threads=torch.get_num_threads(), interrupted=acc is None,
                    checkpoint=os.path.join(cfg.out, f"checkpoint-{run.saved_step:06d}"),
@@ -1611,6 +1626,9 @@ def main(argv=None):
         fail(f"--resume {cfg.resume}: already at step {saved[1]['state']['step']}; pass a larger --steps")
     if saved and 0 < cfg.time_budget <= saved[1]["state"].get("train_seconds", 0.0):
         fail(f"--resume {cfg.resume}: its --time-budget is spent; pass a larger one (or 0)")
+    if saved and plateaued(saved[1]["state"]["eval_history"], cfg):
+        fail(f"--resume {cfg.resume}: its accuracy stopped rising (--patience {cfg.patience}); pass a larger "
+             "--patience (or 0)")
     for name, what in ((cfg.model, "--model"), (cfg.critic_model, "--critic-model")):
         if name and not saved and not (what == "--critic-model" and cfg.algo == "grpo"):
             check_model(name, what)
@@ -1677,9 +1695,12 @@ def finish(run):
     evaluation still writes the summary, without the final accuracy."""
     cfg, state = run.cfg, run.state
     try:
-        acc, length = evaluate(run)
-        state.eval_history.append(dict(step=state.step, eval_accuracy=acc, eval_response_length=length))
-        log_scalars(run, {"step": state.step, "eval_accuracy": acc})
+        if state.eval_history[-1]["step"] == state.step:  # evaluated at this step already (--patience)
+            acc = state.eval_history[-1]["eval_accuracy"]
+        else:
+            acc, length = evaluate(run)
+            state.eval_history.append(dict(step=state.step, eval_accuracy=acc, eval_response_length=length))
+            log_scalars(run, {"step": state.step, "eval_accuracy": acc})
     except KeyboardInterrupt:
         acc = None
     except BadReward as e:

@@ -1196,3 +1196,26 @@ def test_lora_bad_input(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(L.importlib.util, "find_spec", lambda name: None if name == "peft" else real(name))
     bad([*TINY, "--lora", "4", *out], capsys, "need the peft package (pip install peft==0.21.2)")
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_patience_stops_when_the_accuracy_stops_rising(tmp_path, monkeypatch, capsys):
+    """--patience 2: after two evaluations with no accuracy above the best before them + --min-delta, the
+    run stops, saves, and the final accuracy is that evaluation's (not computed twice)."""
+    history = [{"eval_accuracy": a} for a in (0.1, 0.5, 0.505, 0.51)]
+    cfg = L.Config(patience=2, min_delta=0.01)
+    assert L.plateaued(history, cfg) and not L.plateaued(history[:3], cfg)  # 0.51 <= 0.5 + 0.01
+    assert not L.plateaued(history + [{"eval_accuracy": 0.52}], L.Config(patience=2, min_delta=0.0))
+    assert not L.plateaued(history, L.Config(patience=0))
+    monkeypatch.setattr(L, "reward_fn", fake_reward)  # greedy answers barely move in 2 tiny steps: flat
+    calls = []
+    real = L.evaluate
+    monkeypatch.setattr(L, "evaluate", lambda run: calls.append(run.state.step) or real(run))
+    summary = run(tmp_path / "a", "--steps", "20", "--eval-every", "1", "--patience", "2")
+    assert summary["steps"] == 2 and summary["stopped_by_patience"] and not summary["stopped_by_time_budget"]
+    assert calls == [0, 1, 2] and [e["step"] for e in summary["eval_history"]] == [0, 1, 2]
+    assert summary["eval_accuracy_after"] == summary["eval_history"][-1]["eval_accuracy"]
+    assert os.path.basename(latest(tmp_path / "a")) == "checkpoint-000002"
+    capsys.readouterr()
+    bad(["--resume", str(tmp_path / "a")], capsys, "its accuracy stopped rising (--patience 2)")
+    summary = L.main(["--resume", str(tmp_path / "a"), "--patience", "0", "--steps", "3"])
+    assert summary["steps"] == 3 and not summary["stopped_by_patience"]
