@@ -2,7 +2,7 @@
 the small critic against the full one; the tail effect.
 
     python bench/llm_compare.py --sweep --jobs 2   # 1. lr per algorithm on the validation split (~95 min)
-    python bench/llm_compare.py --jobs 2           # 2. the comparison, with the sweep's lrs (~2 h)
+    python bench/llm_compare.py --jobs 2           # 2. the comparison to each run's peak, with the sweep's lrs
     python bench/llm_compare.py --quick [--sweep]  # random tiny model, offline, 1-3 min: a smoke test
 
 Every run is `python llm_train.py ...` in its own process (OMP_NUM_THREADS=1, --threads 1; --jobs 2 runs two
@@ -10,12 +10,13 @@ side by side), in OUT/<run>/ with its log in log.txt. The same for all runs:
   samples   64 per step: sppo and ppo 64 prompts x 1 response, grpo 8 prompts x 8 (--group-size 8); 2
             minibatches of 32 samples (one AdamW step each), 1 epoch (--ppo-epochs 1), as llm_train's defaults
             (16-sample minibatches drifted to long wrong answers in development runs).
-  budget    --time-budget 480 training seconds: each step's generate + score + values + critic + policy time
-            (loading and evaluation do not count). A run stops at the first step past it (--steps 1000
-            is never reached), so runs end within one step (~2 min) after 480 s: `train_seconds` says where.
+  to the peak  each run until its curve stops rising (--patience 3 --min-delta 0.01: no new best by more
+            than 0.01 in its last 3 evaluations) or --time-budget 1800 training seconds (each step's generate
+            + score + values + critic + policy time; loading and evaluation do not count).
   test set  OUT/data/test.jsonl, written once: llm_train.arithmetic(levels, 256, 0, "test"), whatever the
-            seed; greedy accuracy on it at the start, each 60 training seconds (--eval-every-seconds: in
-            effect after every step, as a step takes ~2 min) and at the end: 5 points for 4 steps.
+            seed; greedy accuracy on it at the start, each 120 training seconds (--eval-every-seconds) and
+            at the end. A run's peak is its best evaluation; the speed-ups use the mean curves over seeds (a
+            run that stopped keeps its last accuracy), with bootstrap intervals over seeds.
   training  OUT/data/train_s<seed>.jsonl: arithmetic(levels, 5000, seed, "train") minus the validation
             bucket (problems with crc32(prompt) % 4 == 0); OUT/data/val.jsonl: 256 distinct problems of that
             bucket, never trained on, never tested on: the sweep's yardstick.
@@ -26,9 +27,11 @@ side by side), in OUT/<run>/ with its log in log.txt. The same for all runs:
             accuracy at the end. The best mean per algorithm goes to RESULTS/llm_sweep.json, which the
             comparison reads (else LRS below, the sweep's middle pair); sppo_full_critic takes sppo's.
 
-Duration, measured on this 2-core machine (2026-11-26, --jobs 2, one thread a run): the sweep's runs 92 min,
-the comparison 116 min (a run: ~40 s loading, 5-7 evaluations of 256 problems, 480 training seconds plus the
-step that passes them; 5-7 steps). Time-budgeted runs lose steps to anything else on the CPU: run it alone.
+Duration on this 2-core machine (2026-11-26, --jobs 2, one thread a run): the sweep's runs 92 min; the
+comparison at its former 480-second budget 116 min (a run: ~40 s loading, ~60 s an evaluation of 256
+problems). To the peak a run can take up to 1800 training seconds and 16 evaluations: hours; it resumes (a
+finished run is read back, a stopped one continued from its checkpoint), so it can run in parts. Time-budgeted
+runs lose steps to anything else on the CPU: run it alone.
 
 Writes RESULTS/llm_compare.{json,md}, llm_accuracy.png and llm_tail_effect.png (plots need matplotlib);
 --sweep writes RESULTS/llm_sweep.{json,md}. RESULTS is bench/results, or OUT/results with --quick.
@@ -52,10 +55,10 @@ sys.path.insert(0, ROOT)
 import llm_train  # noqa: E402  (the built-in task and TIME_KEYS: one definition)
 
 FULL = dict(model="smollm2", samples=64, group_size=8, minibatches=2, max_new_tokens=32, eval_size=256,
-            critic_layers=6, budget=480, eval_every_seconds=60, seeds=[1, 2, 3], sweep_budget=360,
+            critic_layers=6, budget=1800, eval_every_seconds=120, patience=3, seeds=[1, 2, 3], sweep_budget=360,
             sweep_seeds=[11, 12], grid_size=3, train_problems=5000)
 QUICK = dict(model="tiny", samples=16, group_size=8, minibatches=2, max_new_tokens=8, eval_size=16,
-             critic_layers=1, budget=3, eval_every_seconds=0.25, seeds=[1, 2], sweep_budget=1,
+             critic_layers=1, budget=3, eval_every_seconds=0.25, patience=3, seeds=[1, 2], sweep_budget=1,
              sweep_seeds=[11], grid_size=2, train_problems=500)  # tiny: 2 layers; fewer rows to encode
 LRS = {"sppo": (3e-5, 1e-4), "grpo": (3e-5, None), "ppo": (3e-5, 1e-4)}  # (actor, critic) without a sweep
 PAIRS = [(1e-5, 3e-5), (3e-5, 1e-4), (6e-5, 3e-4)]  # critic lr ~3x actor lr
@@ -63,7 +66,8 @@ GRID = {"sppo": PAIRS, "grpo": [(lr, None) for lr, _ in PAIRS], "ppo": PAIRS}
 RUNS = {"sppo": "sppo", "grpo": "grpo", "ppo": "ppo", "sppo_full_critic": "sppo"}  # run name: algorithm
 COLORS = {"sppo": "C0", "grpo": "C2", "ppo": "C1", "sppo_full_critic": "C4"}
 COMPARE = [("sppo", "grpo"), ("sppo", "ppo"), ("grpo", "ppo"), ("sppo", "sppo_full_critic")]
-RESAMPLES, BINS, GRID_POINTS = 10_000, 10, 51
+RESAMPLES, BINS, GRID_POINTS = 10_000, 10, 61
+SPEEDUP_RESAMPLES = 2_000  # each recomputes the mean curves
 START = time.time()  # the benchmark's wall time, for the tables
 
 
@@ -106,15 +110,19 @@ def launch(job, size, out_root):
            "--out", out]
     cmd += ["--critic-lr", str(job["critic_lr"])] if job["critic_lr"] else []
     cmd += ["--dump-values"] if job["dump"] else []
+    cmd += ["--patience", str(job["patience"]), "--min-delta", "0.01"] if job["patience"] else []
     reused = finished(out, cmd)
     if reused:  # an interrupted benchmark, started again, keeps the runs it completed
         print(f"{job['name']}: done earlier, read from {out}", file=sys.stderr, flush=True)
     else:
-        shutil.rmtree(out, ignore_errors=True)  # llm_train refuses to write over an earlier run: start clean
-        os.makedirs(out)
+        if started(out, cmd):  # stopped part way (a signal, kill -9): llm_train continues it exactly
+            cmd += ["--resume", out]
+        else:
+            shutil.rmtree(out, ignore_errors=True)  # llm_train refuses to write over an earlier run
+            os.makedirs(out)
         print(f"[{time.strftime('%H:%M:%S')}] {job['name']}: {' '.join(cmd[1:])}", file=sys.stderr,
               flush=True)
-        with open(os.path.join(out, "log.txt"), "w") as log:
+        with open(os.path.join(out, "log.txt"), "a") as log:
             p = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
         if p.returncode != 0:
@@ -135,21 +143,36 @@ def launch(job, size, out_root):
                 train_seconds=summary["train_seconds"],
                 seconds_per_step=summary["train_seconds"] / summary["steps"],
                 stopped_by_time_budget=summary["stopped_by_time_budget"],
+                stopped_by_patience=summary.get("stopped_by_patience", False),
                 generated_tokens=summary["generated_tokens"], peak_memory_bytes=summary["peak_memory_bytes"],
                 wall_seconds=summary["wall_seconds"], values=values, reused=reused)
+
+
+def same_settings(out, cmd):
+    """out's config.json is the one cmd asks for (whether or not a --resume finished it)."""
+    def settings(c):
+        return {k: v for k, v in c.items() if k not in ("resume", "overwrite")}
+    try:
+        with open(os.path.join(out, "config.json")) as f:
+            return settings(json.load(f)) == settings(dataclasses.asdict(llm_train.parse_config(cmd[2:])))
+    except (OSError, ValueError):
+        return False
 
 
 def finished(out, cmd):
     """True if out holds a completed run (summary.json, not interrupted) with exactly the settings cmd asks
     for."""
     try:
-        with open(os.path.join(out, "config.json")) as f:
-            saved = json.load(f)
         with open(os.path.join(out, "summary.json")) as f:
             done = not json.load(f)["interrupted"]
-        return done and saved == dataclasses.asdict(llm_train.parse_config(cmd[2:]))
+        return done and same_settings(out, cmd)
     except (OSError, ValueError):
         return False
+
+
+def started(out, cmd):
+    """True if out holds a checkpoint of a run with the settings cmd asks for, not finished."""
+    return os.path.isfile(os.path.join(out, "latest")) and same_settings(out, cmd)
 
 
 def timing(runs):
@@ -171,10 +194,10 @@ def run_all(jobs, size, out, n_jobs):
         return list(pool.map(lambda job: launch(job, size, out), jobs))
 
 
-def job(name, algo, seed, lrs, critic_layers, data, eval_data, budget, eval_every_seconds, dump):
+def job(name, algo, seed, lrs, critic_layers, data, eval_data, budget, eval_every_seconds, dump, patience=0):
     return dict(name=name, algo=algo, seed=seed, lr=lrs[0], critic_lr=lrs[1] if algo != "grpo" else None,
                 critic_layers=critic_layers, data=data, eval_data=eval_data, budget=budget,
-                eval_every_seconds=eval_every_seconds, dump=dump)
+                eval_every_seconds=eval_every_seconds, dump=dump, patience=patience)
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -227,6 +250,30 @@ def speedups(curves, grid):
             out["ours"] = t_g / t_s_at_g
     if reasons:
         out["reason"] = "; ".join(reasons)
+    return out
+
+
+def speedup_intervals(sppo_runs, grpo_runs, grid):
+    """speedups() of the mean curves, each with its 95% bootstrap interval over seeds (each algorithm's seeds
+    resampled on their own, the mean curves recomputed) and a verdict against 1; where a speed-up is undefined
+    on the mean curves or in over 5% of the resamples: its _reason instead of an interval."""
+    s, g = on_grid(sppo_runs, "train_seconds", grid), on_grid(grpo_runs, "train_seconds", grid)
+    out = speedups({"sppo": s.mean(0), "grpo": g.mean(0)}, grid)
+    rng = np.random.default_rng(0)
+    draws = [speedups({"sppo": s[rng.integers(0, len(s), len(s))].mean(0),
+                       "grpo": g[rng.integers(0, len(g), len(g))].mean(0)}, grid)
+             for _ in range(SPEEDUP_RESAMPLES)]
+    for key in ("paper_way", "ours"):
+        ok = [d[key] for d in draws if d[key] is not None]
+        if out[key] is None:
+            out[f"{key}_reason"] = out.get("reason", "undefined")
+        elif len(ok) < 0.95 * len(draws):
+            out[f"{key}_reason"] = f"undefined in {100 - 100 * len(ok) / len(draws):.0f}% of the resamples"
+        else:
+            lo, hi = (float(x) for x in np.percentile(ok, [2.5, 97.5]))
+            out[f"{key}_ci95"] = [lo, hi]
+            out[f"{key}_verdict"] = ("SPPO sooner" if lo > 1 else "SPPO later" if hi < 1 else
+                                     "not distinguishable")
     return out
 
 
@@ -364,17 +411,25 @@ def compare(size, paths, out, results_dir, n_jobs, machine, quick):
     lrs, lr_source = chosen_lrs(results_dir, size["model"])
     jobs = [job(f"{name}_s{seed}", algo, seed, lrs[algo], size["critic_layers"] if name != "sppo_full_critic"
                 else 0, paths[f"train_s{seed}"], paths["test"], size["budget"], size["eval_every_seconds"],
-                name in ("sppo", "ppo")) for seed in size["seeds"] for name, algo in RUNS.items()]
+                name in ("sppo", "ppo"), size["patience"])
+            for seed in size["seeds"] for name, algo in RUNS.items()]
     results = run_all(jobs, size, out, n_jobs)
     by = {name: [r for r in results if r["name"] == f"{name}_s{r['seed']}"] for name in RUNS}
 
-    # the mean curves on a common grid of training seconds; times to peaks on them
-    grid = np.linspace(0, size["budget"], GRID_POINTS)
+    # the mean curves on a common grid of training seconds (a run that stopped keeps its last accuracy: its
+    # policy no longer changes); times to peaks on them
+    grid = np.linspace(0, max(r["train_seconds"] for r in results), GRID_POINTS)
     algos = {name: summarise(name, runs, grid) for name, runs in by.items()}
     curves = {name: np.array([p["accuracy"] for p in a["curve_mean"]]) for name, a in algos.items()}
     grpo_peak = curves["grpo"].max()
     for name, a in algos.items():
-        a.update(start_accuracy_mean=float(curves[name][0]),
+        # each seed's own peak: its best evaluation, and the training seconds of the first evaluation at it
+        peaks = [max(c["accuracy"] for c in r["curve"]) for r in by[name]]
+        at = [next(c["train_seconds"] for c in r["curve"] if c["accuracy"] == p) for r, p in zip(by[name], peaks)]
+        a.update(start_accuracy_mean=float(curves[name][0]), peak=peaks, peak_mean=float(np.mean(peaks)),
+                 peak_ci95=bootstrap_ci(peaks), peak_train_seconds=float(np.mean(at)),
+                 peak_train_seconds_per_seed=at, peak_train_seconds_ci95=bootstrap_ci(at),
+                 stopped_by_patience=[r["stopped_by_patience"] for r in by[name]],
                  peak_accuracy_mean_curve=float(curves[name].max()),
                  seconds_to_own_peak=first_reach(grid, curves[name], curves[name].max()),
                  seconds_to_grpo_peak=first_reach(grid, curves[name], grpo_peak))
@@ -406,7 +461,7 @@ def compare(size, paths, out, results_dir, n_jobs, machine, quick):
         prompts_per_step={name: n // (size["group_size"] if algo == "grpo" else 1)
                           for name, algo in RUNS.items()},
         minibatches=size["minibatches"], samples_per_optimizer_step=n // size["minibatches"], ppo_epochs=1,
-        max_new_tokens=size["max_new_tokens"], budget_train_seconds=size["budget"],
+        max_new_tokens=size["max_new_tokens"], budget_train_seconds=size["budget"], patience=size["patience"],
         eval_every_train_seconds=size["eval_every_seconds"], eval_problems=size["eval_size"],
         eval_data="data/test.jsonl: arithmetic(levels, 256, 0, 'test'), the same for every seed and run",
         seeds=size["seeds"], lrs={k: dict(lr=a["lr"], critic_lr=a["critic_lr"]) for k, a in algos.items()},
@@ -416,7 +471,8 @@ def compare(size, paths, out, results_dir, n_jobs, machine, quick):
         band="lowest to highest seed at each grid point (each seed linear between its evaluations)",
         ci95=f"percentile bootstrap over seeds, {RESAMPLES} resamples, numpy default_rng(0)")
     result = dict(settings=settings, algos=algos, grpo_mean_peak=float(grpo_peak),
-                  speedup_vs_grpo=speedups(curves, grid), final_accuracy_differences=differences,
+                  speedup_vs_grpo=speedup_intervals(by["sppo"], by["grpo"], grid),
+                  final_accuracy_differences=differences,
                   small_critic=small_critic,
                   tail_effect=tail_effect([v for r in by["ppo"] for v in r["values"]]),
                   calibration=calibration([v for r in by["sppo"] for v in r["values"]]))
@@ -435,19 +491,21 @@ def report(res):
     quick = " (random weights: a smoke test, the numbers mean nothing)" if s["quick"] else ""
     lines = [f"Model `{s['model']}`{quick}; {s['samples_per_step']['sppo']} samples per step for every run "
              f"(grpo {s['prompts_per_step']['grpo']} prompts x 8), {s['samples_per_optimizer_step']} per "
-             f"optimiser step; {s['budget_train_seconds']} training seconds per run ({s['train_seconds']}); "
+             f"optimiser step; each run until no new best by more than 0.01 in {s['patience']} evaluations in a "
+             f"row, or {s['budget_train_seconds']} training seconds ({s['train_seconds']}); "
              f"seeds {', '.join(map(str, s['seeds']))}; greedy accuracy on the same {s['eval_problems']} "
              f"held-out problems; lrs from {s['lr_source']}. {s['machine']}, {s['date']}, "
              f"{timing_text(s, s['jobs'])}.", "",
-             "| run | lr (critic) | steps | s/step | training s | final accuracy, mean [95% CI] | per seed "
-             "| mean-curve peak (at s) | s to GRPO's peak | generated tokens | peak memory |",
-             "|---" * 11 + "|"]
+             "| run | lr (critic) | steps | s/step | training s | peak, mean [95% CI] | peak per seed | peak at "
+             "training s, mean [95% CI] | final accuracy, mean [95% CI] | s to GRPO's mean peak (mean curve) "
+             "| generated tokens | peak memory |", "|---" * 12 + "|"]
     for name, a in algos.items():
-        (lo, hi), per_seed = a["final_accuracy_ci95"], ", ".join(f"{x:.3f}" for x in a["final_accuracy"])
+        (lo, hi), (plo, phi), (tlo, thi) = a["final_accuracy_ci95"], a["peak_ci95"], a["peak_train_seconds_ci95"]
         lines.append(f"| {name} | {a['lr']:g} ({fmt(a['critic_lr'], 'g')}) | {a['steps']:.1f} | "
-                     f"{a['seconds_per_step']:.1f} | {a['train_seconds']:.0f} | "
-                     f"{a['final_accuracy_mean']:.3f} [{lo:.3f}, {hi:.3f}] | {per_seed} | "
-                     f"{a['peak_accuracy_mean_curve']:.3f} ({fmt(a['seconds_to_own_peak'], '.0f')}) | "
+                     f"{a['seconds_per_step']:.1f} | {a['train_seconds']:.0f} | {a['peak_mean']:.3f} "
+                     f"[{plo:.3f}, {phi:.3f}] | {', '.join(f'{x:.3f}' for x in a['peak'])} | "
+                     f"{a['peak_train_seconds']:.0f} [{tlo:.0f}, {thi:.0f}] | "
+                     f"{a['final_accuracy_mean']:.3f} [{lo:.3f}, {hi:.3f}] | "
                      f"{fmt(a['seconds_to_grpo_peak'], '.0f')} | {a['generated_tokens']:,.0f} | "
                      f"{a['peak_memory_bytes'] / 2**30:.2f} GiB |")
     lines += ["", f"Start accuracy {algos['grpo']['start_accuracy_mean']:.3f}; GRPO's mean-curve peak "
@@ -456,10 +514,15 @@ def report(res):
     lines += [f"- {k.replace('_vs_', ' vs ')} final accuracy: difference {d['difference']:+.3f} "
               f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] -> {d['verdict']}"
               for k, d in res["final_accuracy_differences"].items()]
-    lines += ["", "Speed-up of SPPO over GRPO in training seconds, on the mean curves: the paper's way "
-              "(time to each one's own peak, GRPO's / SPPO's) " + times(sp["paper_way"]) + "; ours "
-              "(GRPO's time to its peak / SPPO's time to GRPO's peak) " + times(sp["ours"])
-              + (f" ({sp['reason']})" if sp.get("reason") else "") + ". Paper: 5.9x, the paper's way."]
+    def speedup(key):
+        if f"{key}_ci95" in sp:
+            lo, hi = sp[f"{key}_ci95"]
+            return f"{times(sp[key])} [{lo:.2f}, {hi:.2f}] -> {sp[key + '_verdict']}"
+        return f"{times(sp[key])} ({sp[key + '_reason']})"
+    lines += ["", "Speed-up of SPPO over GRPO in training seconds, on the mean curves (95% bootstrap interval "
+              "over seeds): the paper's way (time to each one's own peak, GRPO's / SPPO's) " + speedup("paper_way")
+              + "; ours (GRPO's time to its peak / SPPO's time to GRPO's peak) " + speedup("ours")
+              + ". Paper: 5.9x, the paper's way."]
     d = c["accuracy_difference"]
     lines += ["", f"Small critic ({c['critic_layers']} layers) against the full one, same budget and seeds:",
               "",
