@@ -97,6 +97,8 @@ class Config:
     max_new_tokens: int = arg(32, "response cap (answers to the arithmetic task are short)")
     max_prompt_tokens: int = arg(256, "longer prompts are refused (exit 2) rather than silently cut")
     value_init: bool = arg(True, "set the value head's bias to the first batch's mean reward before its use")
+    critic_warmup: int = arg(0, "the first N steps train the critic alone, the policy frozen (verl's "
+                             "critic_warmup; not in the paper)")
     gamma: float = arg(1.0, "ppo: GAE discount")
     lam: float = arg(1.0, "ppo: GAE lambda")
     task: str = arg("mul1,add21,add2,mul21", "built-in arithmetic levels, comma list (see ARITHMETIC)")
@@ -243,7 +245,8 @@ def train(run):
         with timed(m, "time_critic"):
             update_critic(run, batch, m)
         with timed(m, "time_policy"):
-            update_policy(run, batch, m)
+            if step > cfg.critic_warmup:  # --critic-warmup N: the first N steps' samples teach the critic only
+                update_policy(run, batch, m)
         seconds_before = state.train_seconds
         step_metrics(run, batch, m)
         state.step = step  # the weights are this step's now
@@ -952,8 +955,9 @@ RULES = {  # what each setting must be beyond its type (and, for a float, being 
                              "max_new_tokens", "max_prompt_tokens", "eval_size", "eval_batch_size",
                              "temperature", "max_grad_norm")},
     **{k: AT_LEAST_0 for k in ("lora", "lora_alpha", "critic_layers", "lr", "critic_lr", "weight_decay",
-                               "patience", "min_delta", "warmup_steps", "eval_every", "eval_every_seconds",
-                               "time_budget", "save_every", "save_every_seconds", "samples_every", "threads")},
+                               "patience", "min_delta", "critic_warmup", "warmup_steps", "eval_every",
+                               "eval_every_seconds", "time_budget", "save_every", "save_every_seconds",
+                               "samples_every", "threads")},
 }
 
 
@@ -970,6 +974,8 @@ def config_error(cfg):
             return f"{flag(f.name)} must be {what}, got {value}"
     if cfg.algo == "grpo" and cfg.group_size < 2:
         return f"--group-size must be at least 2 for grpo, got {cfg.group_size}"
+    if cfg.critic_warmup and cfg.algo == "grpo":
+        return "--critic-warmup needs a critic: --algo sppo or ppo"
     if cfg.merge_lora and not cfg.resume:
         return "--merge-lora needs --resume RUN, the run whose policy it merges"
     n_samples = cfg.batch_size * samples_per_prompt(cfg)

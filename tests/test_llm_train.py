@@ -1219,3 +1219,21 @@ def test_patience_stops_when_the_accuracy_stops_rising(tmp_path, monkeypatch, ca
     bad(["--resume", str(tmp_path / "a")], capsys, "its accuracy stopped rising (--patience 2)")
     summary = L.main(["--resume", str(tmp_path / "a"), "--patience", "0", "--steps", "3"])
     assert summary["steps"] == 3 and not summary["stopped_by_patience"]
+
+
+def test_critic_warmup_trains_the_critic_alone(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path / "a", "--steps", "1", "--critic-warmup", "1", "--critic-layers", "1")
+    step = metrics(tmp_path / "a")[0]
+    assert "critic_loss" in step and "policy_loss" not in step
+    folder = latest(tmp_path / "a")
+    policy = load_file(os.path.join(folder, "policy", "model.safetensors"))
+    critic = load_file(os.path.join(folder, "critic", "model.safetensors"))
+    start = L.tiny_model(0)[0].state_dict()
+    assert all(torch.equal(policy[k], start[k]) for k in policy)  # the policy is the one it started as
+    assert max((critic[k] - start["model." + k]).abs().max() for k in critic) > 0  # the critic trained
+    summary = L.main(["--resume", str(tmp_path / "a"), "--steps", "2"])  # after the warm-up: both train
+    assert summary["steps"] == 2 and "policy_loss" in metrics(tmp_path / "a")[1]
+    capsys.readouterr()
+    bad([*TINY, "--algo", "grpo", "--critic-warmup", "1", "--out", str(tmp_path / "g")], capsys,
+        "--critic-warmup needs a critic: --algo sppo or ppo")
