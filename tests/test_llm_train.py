@@ -1237,3 +1237,17 @@ def test_critic_warmup_trains_the_critic_alone(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     bad([*TINY, "--algo", "grpo", "--critic-warmup", "1", "--out", str(tmp_path / "g")], capsys,
         "--critic-warmup needs a critic: --algo sppo or ppo")
+
+
+def test_lora_on_the_cuda_path_bf16_autocast(tmp_path, monkeypatch):
+    """--lora under the CUDA path's bf16 autocast (on the CPU): the adapters stay float32, the losses are
+    finite, and the checkpoint resumes under float32."""
+    pytest.importorskip("peft")
+    monkeypatch.setattr(L, "reward_fn", fake_reward)
+    run(tmp_path / "a", "--steps", "1", "--lora", "4", "--bf16-cpu")
+    adapters = adapter_weights(os.path.join(latest(tmp_path / "a"), "policy"))
+    assert all(w.dtype == torch.float32 for w in adapters.values())
+    summary = L.main(["--resume", str(tmp_path / "a"), "--steps", "2", "--no-bf16-cpu"])
+    assert summary["steps"] == 2
+    for m in metrics(tmp_path / "a"):
+        assert all(math.isfinite(v) for v in m.values() if isinstance(v, float))
