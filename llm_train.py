@@ -114,9 +114,9 @@ class Config:
     eval_every: int = arg(0, "also evaluate every N steps (0 = only before and after)")
     eval_every_seconds: float = arg(0.0, "also evaluate when training seconds pass a multiple (0 = off)")
     time_budget: float = arg(0.0, "stop training once this many training seconds have passed (0 = off)")
-    patience: int = arg(0, "stop once this many evaluations in a row (--eval-every, --eval-every-seconds) bring "
-                        "no new best held-out accuracy by more than --min-delta (0 = off)")
-    min_delta: float = arg(0.01, "--patience: the gain over the best accuracy so far that counts as a new best")
+    patience: int = arg(0, "stop once this many evaluations in a row (--eval-every, --eval-every-seconds) "
+                        "bring no new best held-out accuracy by more than --min-delta (0 = off)")
+    min_delta: float = arg(0.01, "--patience: the gain over the best accuracy that counts as a new best")
     eval_batch_size: int = arg(256, "prompts per greedy generation batch")
     save_every: int = arg(0, "also checkpoint every N steps (0 = off)")
     save_every_seconds: float = arg(300.0, "also checkpoint when this many wall seconds passed since the "
@@ -245,7 +245,7 @@ def train(run):
         with timed(m, "time_critic"):
             update_critic(run, batch, m)
         with timed(m, "time_policy"):
-            if step > cfg.critic_warmup:  # --critic-warmup N: the first N steps' samples teach the critic only
+            if step > cfg.critic_warmup:  # --critic-warmup N: the first N steps teach the critic only
                 update_policy(run, batch, m)
         seconds_before = state.train_seconds
         step_metrics(run, batch, m)
@@ -1154,9 +1154,10 @@ def lora_params(m, layers, rank):
 
 
 def plan_bytes(cfg, m, c, prompt, device_type):
-    """Expected peak bytes of a run, by part (float32 everywhere): weights 4 a parameter; gradients 4 and AdamW
-    8 a trained parameter (with LoRA the adapters and the value head); one micro-batch's saved activations and
-    logits; the largest generation's KV cache; on CPU a fixed runtime term. m, c: policy and critic shapes."""
+    """Expected peak bytes of a run, by part (float32 everywhere): weights 4 a parameter; gradients 4 and
+    AdamW 8 a trained parameter (with LoRA the adapters and the value head); one micro-batch's saved
+    activations and logits; the largest generation's KV cache; on CPU a fixed runtime term. m, c: policy and
+    critic shapes."""
     h, i_, n, v = m["hidden_size"], m["intermediate_size"], m["num_hidden_layers"], m["vocab_size"]
     params = n_params(m, n, True)
     adapters = lora_params(m, n, cfg.lora)
@@ -1165,8 +1166,9 @@ def plan_bytes(cfg, m, c, prompt, device_type):
         kept = min(cfg.critic_layers or c["num_hidden_layers"], c["num_hidden_layers"])
         critic = n_params(c, kept, False) + c["hidden_size"] + 1  # + the value head
         params += critic
-        adapters += lora_params(c, kept, critic_rank(cfg))
-        trained += lora_params(c, kept, critic_rank(cfg)) + c["hidden_size"] + 1 if critic_rank(cfg) else critic
+        rank = critic_rank(cfg)
+        adapters += lora_params(c, kept, rank)
+        trained += (lora_params(c, kept, rank) + c["hidden_size"] + 1) if rank else critic
     seq = prompt + cfg.max_new_tokens
     tokens = min(cfg.micro_batch, cfg.batch_size * samples_per_prompt(cfg)) * seq
     per_layer = 4 * (h if cfg.grad_checkpointing else 8 * h + 4 * i_)  # saved for backward, a token
@@ -1198,7 +1200,7 @@ def memory_plan(cfg, ckpt, rows, device):
           "an estimate)", file=sys.stderr)
     if total > have and not cfg.force:
         fail(f"the memory plan ({total / 2**30:.1f} GiB) exceeds the {device.type}'s {have / 2**30:.1f} GiB; "
-             "use smaller batches, --lora, --grad-checkpointing or a smaller critic, or --force to try anyway")
+             "use smaller batches, --lora, --grad-checkpointing, a smaller critic, or --force to try anyway")
     return parts
 
 
@@ -1208,7 +1210,7 @@ def critic_rank(cfg):
 
 
 def with_adapters(model, rank, cfg, saved, seed):
-    """model with LoRA adapters: new ones (add_lora), or a checkpoint's (peft's format) when saved is given."""
+    """model with LoRA adapters: new ones (add_lora), or a checkpoint's (peft's format) if saved is given."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # peft reads a deprecated transformers attribute
@@ -1227,14 +1229,15 @@ def load_models(cfg, ckpt, device):
     policy, tok = load_policy(cfg.model if cfg.lora or not ckpt else saved("policy"), cfg)
     critic = critic_tok = None
     if cfg.algo != "grpo":
-        whole = ckpt and not critic_rank(cfg)  # a resumed full critic is whole (already cut) in the checkpoint
+        whole = ckpt and not critic_rank(cfg)  # a resumed full critic is whole (already cut) in its folder
         critic_cfg = dataclasses.replace(cfg, critic_model=saved("critic"), critic_layers=0) if whole else cfg
         critic, critic_tok = make_critic(policy, tok, critic_cfg)
         if cfg.algo == "ppo" and critic_tok.get_vocab() != tok.get_vocab():
             fail("--algo ppo reads response tokens with the critic: --critic-model must share the policy's "
                  "tokenizer")
         if critic_rank(cfg):
-            critic.backbone = with_adapters(critic.backbone, critic_rank(cfg), cfg, saved("critic"), cfg.seed + 1)
+            critic.backbone = with_adapters(critic.backbone, critic_rank(cfg), cfg, saved("critic"),
+                                            cfg.seed + 1)
             if ckpt:
                 from safetensors.torch import load_file
                 critic.head.load_state_dict(load_file(os.path.join(ckpt, "critic", "value_head.safetensors")))
