@@ -489,7 +489,7 @@ SIGNAL_RUN = ["--total-steps", "200000", "--eval-episodes", "10"]  # CartPole's 
                          ids=["SIGINT-training", "SIGTERM-training", "SIGTERM-final-evaluation"])
 def test_signal_saves_exits_and_the_run_resumes_exactly(tmp_path, capsys, sig, phase):
     run = tmp_path / "run"
-    args = SIGNAL_RUN + (["--eval-episodes", "3000"] if phase == "final evaluation" else [])
+    args = SIGNAL_RUN + (["--eval-episodes", "20000"] if phase == "final evaluation" else [])  # seconds long
     with open(tmp_path / "stderr", "w") as err:
         proc = start([*args, "--out", str(run)], run, err)
         try:
