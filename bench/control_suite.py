@@ -52,6 +52,7 @@ STEPS_PER_SECOND = {"CartPole-v1": 100_000, "MountainCar-v0": 40_000, "LunarLand
                     "Pendulum-v1": 25_000, "Hopper-v5": 4_500}
 RESAMPLES = 10_000
 VERDICTS = ("ahead of", "behind", "not distinguishable from")
+EARLIER = []  # the runs of RESULTS/control_suite.json: a finished run whose folder is gone is read from it
 
 
 def run(env, algo, seed, out, flags=(), eval_episodes=100):
@@ -63,7 +64,11 @@ def run(env, algo, seed, out, flags=(), eval_episodes=100):
     path = os.path.join(out, "summary.json")
     summary = json.load(open(path)) if os.path.isfile(path) else {}
     wanted = dataclasses.asdict(control.make_config(control.parse_args(cmd[2:])))  # defaults resolved too
+    same = lambda config: {**config, "out": out} == wanted  # noqa: E731 (the folder may have moved)
     if summary.get("success_rate") is None or summary.get("config") != wanted:
+        row = next((r for r in EARLIER if same(r["config"])), None)
+        if row is not None:  # its folder is gone (another machine, a clean clone): read back from the json
+            return row
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
         with open(out + ".log", "w") as log:  # beside the run folder, which holds control.py's files only
             done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=log,
@@ -191,6 +196,8 @@ def main(argv=None):
     os.makedirs(results_dir, exist_ok=True)
     flags = {env: ["--total-steps", str(budgets[env])] for env in args.envs}  # else control.py's defaults
     eval_episodes = 20 if args.quick else 100
+    path = os.path.join(results_dir, "control_suite.json")
+    EARLIER.extend(json.load(open(path))["runs"] if os.path.exists(path) else [])
     jobs = [(env, algo, seed, os.path.join(out, f"{env}_{algo}_{seed}"), flags[env], eval_episodes)
             for env in args.envs for seed in range(FIRST_SEED, FIRST_SEED + n_seeds[env]) for algo in ALGOS]
     jobs.sort(key=lambda j: -budgets[j[0]] / STEPS_PER_SECOND[j[0]])  # longest first: the last ones are short
@@ -198,8 +205,7 @@ def main(argv=None):
     runs = run_all(jobs, args.jobs)
     info = machine(args.jobs, time.time() - start)
     for r in runs:
-        r["measured"] = info
-    path = os.path.join(results_dir, "control_suite.json")
+        r.setdefault("measured", info)  # a run read back from the json keeps its own
     if os.path.exists(path) and not args.quick:  # the envs measured in an earlier call (not in --envs) stay
         earlier = json.load(open(path))
         for r in earlier["runs"]:  # "machine" was one string for all envs before it was one per env
@@ -208,7 +214,7 @@ def main(argv=None):
         runs = [r for r in earlier["runs"] if r["env"] not in args.envs] + runs
     envs = [env for env in BUDGETS if any(r["env"] == env for r in runs)]
     table, verdicts = {}, {}
-    measured = {env: runs_of(runs, env)[0]["measured"] for env in envs}
+    measured = {env: "; ".join(dict.fromkeys(r["measured"] for r in runs_of(runs, env))) for env in envs}
     lines = ["Measured (machine, date, runs side by side, the call's total time):"]
     lines += [f"- {env}: {m}" for env, m in measured.items()] + [""]
     lines += ["| env | algo | budget | success mean [95% CI] | success per seed | return (mean) "

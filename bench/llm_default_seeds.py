@@ -6,8 +6,10 @@
 
 Each run is `python llm_train.py --seed S --out DIR --overwrite [FLAGS]` (FLAGS: whatever follows `--`, e.g. a
 candidate recipe), nothing else changed. A run that finished with the same command is read back, not rerun.
-Writes RESULTS/llm_default_seeds.{md,json}: `seeds`, a list of {seed, accuracy_before, accuracy_after,
-wall_seconds, train_seconds, entropy_final}, and the mean with its 95% bootstrap interval over seeds.
+Writes RESULTS/llm_default_seeds.{md,json} (a call without FLAGS, the defaults): `seeds`, a list of {seed,
+accuracy_before, accuracy_after, wall_seconds, train_seconds, entropy_final}, and the mean with its 95%
+bootstrap interval over seeds. Every call also adds its recipe (FLAGS, commit) to RESULTS/llm_recipes.{md,json}:
+the search behind the defaults.
 """
 import argparse
 import json
@@ -64,6 +66,7 @@ def main():
     p.add_argument("--note", default="", help="how the runs shared the machine, for the table's header")
     a, flags = p.parse_known_args()
     flags = [f for f in flags if f != "--"]
+    recipe = [f for i, f in enumerate(flags) if "--threads" not in flags[max(i - 1, 0):i + 1]]  # the user's
     seeds = [0, 1] if a.quick else a.seeds
     if a.quick:
         flags = ["--model", "tiny", "--steps", "1", "--batch-size", "4", "--eval-size", "16",
@@ -91,11 +94,40 @@ def main():
                   f"[{result['accuracy_after_ci95'][0]:.3f}, {result['accuracy_after_ci95'][1]:.3f}], "
                   f"lowest seed {result['accuracy_after_min']:.3f}."]
     os.makedirs(results, exist_ok=True)
-    with open(os.path.join(results, "llm_default_seeds.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(os.path.join(results, "llm_default_seeds.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    if not recipe:  # the defaults themselves: the table the README quotes
+        with open(os.path.join(results, "llm_default_seeds.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        with open(os.path.join(results, "llm_default_seeds.json"), "w") as f:
+            json.dump(result, f, indent=1)
     print("\n".join(lines))
+    print("\n".join(record_recipe(results, recipe, result)))
+
+
+def record_recipe(results, recipe, result):
+    """Add this call's recipe (its flags on top of the defaults of this commit) to RESULTS/llm_recipes.*."""
+    path = os.path.join(results, "llm_recipes.json")
+    rows = json.load(open(path))["recipes"] if os.path.exists(path) else []
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    row = dict(flags=recipe, commit=commit, seeds=[r["seed"] for r in result["seeds"]],
+               accuracy_after=[r["accuracy_after"] for r in result["seeds"]],
+               mean=result["accuracy_after_mean"], ci95=result["accuracy_after_ci95"],
+               min=result["accuracy_after_min"], wall_seconds_max=max(r["wall_seconds"] for r in result["seeds"]),
+               entropy_final_mean=float(np.mean([r["entropy_final"] for r in result["seeds"]])),
+               jobs=result["jobs"], threads=result["threads"], note=result["note"])
+    rows = [r for r in rows if (r["flags"], r["commit"]) != (recipe, commit)] + [row]
+    with open(path, "w") as f:
+        json.dump(dict(recipes=rows), f, indent=1)
+    lines = ["Recipes tried: `python llm_train.py --seed S FLAGS` at the commit named, seeds as listed.", "",
+             "| flags (on top of that commit's defaults) | commit | accuracy per seed | mean [95% CI] | lowest "
+             "| final entropy (mean) | wall s (max) | runs side by side |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| `{' '.join(r['flags']) or '(defaults)'}` | {r['commit']} | "
+              f"{', '.join(f'{x:.3f}' for x in r['accuracy_after'])} | {r['mean']:.3f} "
+              f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {r['min']:.3f} | {r['entropy_final_mean']:.3f} | "
+              f"{r['wall_seconds_max']:.0f} | {r['jobs']} |" for r in rows]
+    with open(os.path.join(results, "llm_recipes.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end in their --quick form and write what the README relies on."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -60,6 +61,13 @@ def test_control_suite_quick(tmp_path):
                             "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr  # the finished runs are read back, not run again
     assert os.path.getmtime(tmp_path / "CartPole-v1_sppo_101" / "summary.json") == stamp
+    kept = json.load(open(tmp_path / "results" / "control_suite.json"))["runs"]
+    assert [r["curve"] for r in kept] == [r["curve"] for r in result["runs"]]
+    shutil.rmtree(tmp_path / "CartPole-v1_sppo_101")  # a clean clone: the folder is gone, the json is not
+    third = subprocess.run([sys.executable, "bench/control_suite.py", "--quick", "--envs", "CartPole-v1",
+                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert third.returncode == 0, third.stderr
+    assert not (tmp_path / "CartPole-v1_sppo_101").exists()  # read back from the json, not run again
     kept = json.load(open(tmp_path / "results" / "control_suite.json"))["runs"]
     assert [r["curve"] for r in kept] == [r["curve"] for r in result["runs"]]
     pytest.importorskip("matplotlib")

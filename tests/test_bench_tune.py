@@ -58,6 +58,9 @@ def test_default_seeds_quick_writes_the_table(tmp_path):
         assert set(r) >= {"seed", "accuracy_after", "wall_seconds", "entropy_final"}
         assert 0 <= r["accuracy_after"] <= 1 and r["entropy_final"] > 0
     assert result["accuracy_after_min"] == min(r["accuracy_after"] for r in result["seeds"])
+    recipes = json.load(open(tmp_path / "llm_recipes.json"))["recipes"]  # the search table has its row
+    assert [(r["flags"], r["accuracy_after"]) for r in recipes] == [([], [s["accuracy_after"] for s in
+                                                                      result["seeds"]])]
 
 
 def test_auc_is_the_probability_that_a_success_has_the_higher_value():
