@@ -9,7 +9,8 @@ and one Hopper seed at 0.49. The suite's curves show why: LunarLander's seeds st
 (CleanRL's --anneal-lr: the last updates are small, a good policy is not undone) on four tuning seeds (11-14,
 never the suite's), at the env's budget, so that only the suite's sppo rows change; the tuned defaults' runs
 on seeds 11 and 12 are those of control_tune.json, read from there. (A 4M-step budget, an env setting that
-would rerun every algorithm, ran at ~5,000 steps/s here: 14 min a run, left for later.) Runs as control_tune.py's (`control.py ... --threads 1 --out DIR --overwrite`, one thread each).
+would rerun every algorithm, ran at ~5,000 steps/s here: 14 min a run, left for later.) Runs as
+control_tune.py's (`control.py ... --threads 1 --out DIR --overwrite`, one thread each).
 Writes RESULTS/control_robust.{md,json}: success per seed, mean, lowest seed, train seconds.
 """
 import argparse
@@ -60,7 +61,8 @@ def write(runs, results, a, seconds):
     os.makedirs(results, exist_ok=True)
     lines = [f"SPPO, tuning seeds {', '.join(map(str, SEEDS))}; one torch thread a run, {a.jobs} side by "
              f"side; this call {seconds:.0f} s.", "",
-             "| env | configuration | success per seed | mean | lowest | train s (mean) |", "|---|---|---|---|---|---|"]
+             "| env | configuration | success per seed | mean | lowest | train s (mean) |",
+             "|---|---|---|---|---|---|"]
     order = [(env, name) for env, configs in CANDIDATES.items() for name, _, _ in configs]
     runs = sorted(runs, key=lambda r: (order.index((r["env"], r["name"])), r["seed"]))
     for env, name in order:

@@ -5,13 +5,15 @@
     python bench/llm_default_seeds.py --quick         # the tiny random model, 2 seeds, 1 step: a smoke test
 
 Each run is `python llm_train.py --seed S --out DIR --overwrite [FLAGS]` (FLAGS: whatever follows `--`, e.g. a
-candidate recipe), nothing else changed. A run that finished with the same command is read back, not rerun.
+candidate recipe), nothing else changed. A run that finished with the same settings, defaults resolved, is
+read back, not rerun (so a recipe's runs count for the defaults once it becomes them).
 Writes RESULTS/llm_default_seeds.{md,json} (a call without FLAGS, the defaults): `seeds`, a list of {seed,
 accuracy_before, accuracy_after, wall_seconds, train_seconds, entropy_final}, and the mean with its 95%
 bootstrap interval over seeds. Every call also adds its recipe (FLAGS, commit) to RESULTS/llm_recipes.{md,json}:
 the search behind the defaults.
 """
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -23,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import llm_train  # noqa: E402  (its flags, to compare a finished run's config with the one wanted)
 
 
 def run(seed, out, flags, threads):
@@ -31,7 +35,9 @@ def run(seed, out, flags, threads):
     cmd += ["--threads", str(threads)] if threads else []
     path = os.path.join(out, "summary.json")
     summary = json.load(open(path)) if os.path.isfile(path) else {}
-    if summary.get("eval_accuracy_after") is None or summary.get("command") != cmd[1:]:
+    wanted = dataclasses.asdict(llm_train.parse_config(cmd[2:]))  # the defaults resolved: a run made with
+    same = {**summary.get("config", {}), "out": out, "overwrite": True} == wanted  # the same flags spelt out
+    if summary.get("eval_accuracy_after") is None or not same:  # (before they became defaults) is read back
         os.makedirs(os.path.dirname(out), exist_ok=True)
         t0 = time.time()
         with open(out + ".log", "w") as log:
