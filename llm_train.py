@@ -1352,7 +1352,9 @@ def save_weights(model, tok, path):
     onto the base model); any other model whole (save_model)."""
     if not hasattr(model, "peft_config"):
         return save_model(model, tok, path)
-    model.save_pretrained(path)
+    # embeddings are saved only when adapted: peft's "auto" would look the base model up on the hub otherwise
+    embeddings = any(getattr(m, "lora_embedding_A", None) for m in model.modules())
+    model.save_pretrained(path, save_embedding_layers=embeddings)
     tok.save_pretrained(path)
 
 
