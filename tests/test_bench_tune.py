@@ -82,3 +82,17 @@ def test_tail_quick_writes_auc_and_calibration(tmp_path):
     assert r["ppo"]["late"]["updates"][1] > r["ppo"]["early"]["updates"][0]
     assert 0 <= r["sppo"]["late"]["brier"] <= 1 and r["sppo"]["late"]["bins"]
     assert (tmp_path / "control_tail.png").exists()
+
+
+@pytest.mark.slow
+def test_robust_quick_writes_one_row_per_candidate(tmp_path):
+    import control_robust
+    cmd = [sys.executable, "bench/control_robust.py", "--quick", "--out", str(tmp_path)]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    runs = json.load(open(tmp_path / "control_robust.json"))["runs"]
+    wanted = [(env, name) for env, configs in control_robust.CANDIDATES.items() for name, _, _ in configs]
+    assert [(r["env"], r["name"]) for r in runs] == wanted and all(r["seed"] == 11 for r in runs)
+    annealed = json.load(open(tmp_path / "Hopper-v5" / "sppo_lr_annealed_11" / "summary.json"))["config"]
+    assert annealed["anneal_lr"] and annealed["critic_lr"] == 3e-3  # the candidate on top of the tuned defaults
+    md = (tmp_path / "control_robust.md").read_text()
+    assert md.count("| Hopper-v5 |") == 2 and md.count("| LunarLander-v3 |") == 2
