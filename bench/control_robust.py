@@ -33,6 +33,7 @@ SKIP = {("tuned", 11), ("tuned", 12)}  # already in bench/results/control_tune.j
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--envs", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="tuning seeds (default 11-14)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each")
     p.add_argument("--quick", action="store_true", help="20k env steps, seed 11, 20 eval episodes")
     p.add_argument("--out", default=None, help="run folders (default runs/robust, runs/robust_quick)")
@@ -43,7 +44,7 @@ def main():
     jobs = []
     for env in a.envs:
         for name, budget, flags in CANDIDATES[env]:
-            for seed in [s for s in (SEEDS[:1] if a.quick else SEEDS) if a.quick or (name, s) not in SKIP]:
+            for seed in [s for s in (SEEDS[:1] if a.quick else a.seeds) if a.quick or (name, s) not in SKIP]:
                 folder = os.path.join(out, env, f"sppo_{name.replace(' ', '_').replace(',', '')}_{seed}")
                 jobs.append((ROOT, env, "sppo", name, flags, seed, folder, 20_000 if a.quick else budget,
                              20 if a.quick else 100))
@@ -59,6 +60,10 @@ def main():
 def write(runs, results, a, seconds):
     """The table: per env and configuration, success per seed, mean, lowest seed, mean train seconds."""
     os.makedirs(results, exist_ok=True)
+    path = os.path.join(results, "control_robust.json")
+    now = {(r["env"], r["name"], r["seed"]) for r in runs}  # rows of an earlier call (other --envs) stay
+    runs = runs + [r for r in (json.load(open(path))["runs"] if os.path.exists(path) else [])
+                   if (r["env"], r["name"], r["seed"]) not in now]
     lines = [f"SPPO, tuning seeds {', '.join(map(str, SEEDS))}; one torch thread a run, {a.jobs} side by "
              f"side; this call {seconds:.0f} s.", "",
              "| env | configuration | success per seed | mean | lowest | train s (mean) |",
@@ -72,12 +77,11 @@ def write(runs, results, a, seconds):
             lines.append(f"| {env} | {name} | {', '.join(f'{s:.2f}' for s in success)} | "
                          f"{sum(success) / len(success):.2f} | {min(success):.2f} | "
                          f"{sum(r['train_seconds'] for r in rows) / len(rows):.0f} |")
-    name = "control_robust"
-    with open(os.path.join(results, name + ".md"), "w") as f:
+    with open(os.path.join(results, "control_robust.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    with open(os.path.join(results, name + ".json.tmp"), "w") as f:
+    with open(path + ".tmp", "w") as f:
         json.dump(dict(seeds=SEEDS, runs=runs), f, indent=1)
-    os.replace(os.path.join(results, name + ".json.tmp"), os.path.join(results, name + ".json"))
+    os.replace(path + ".tmp", path)
     return lines
 
 
