@@ -9,8 +9,8 @@ candidate recipe), nothing else changed. A run that finished with the same setti
 read back, not rerun (so a recipe's runs count for the defaults once it becomes them).
 Writes RESULTS/llm_default_seeds.{md,json} (a call without FLAGS, the defaults): `seeds`, a list of {seed,
 accuracy_before, accuracy_after, wall_seconds, train_seconds, entropy_final}, and the mean with its 95%
-bootstrap interval over seeds. Every call also adds its recipe (FLAGS, commit) to RESULTS/llm_recipes.{md,json}:
-the search behind the defaults.
+bootstrap interval over seeds. Every call also adds its recipe (FLAGS, commit) to
+RESULTS/llm_recipes.{md,json}: the search behind the defaults.
 """
 import argparse
 import dataclasses
@@ -113,20 +113,22 @@ def record_recipe(results, recipe, result):
     """Add this call's recipe (its flags on top of the defaults of this commit) to RESULTS/llm_recipes.*."""
     path = os.path.join(results, "llm_recipes.json")
     rows = json.load(open(path))["recipes"] if os.path.exists(path) else []
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip()  # "-dirty": uncommitted changes
     row = dict(flags=recipe, commit=commit, seeds=[r["seed"] for r in result["seeds"]],
                accuracy_after=[r["accuracy_after"] for r in result["seeds"]],
                mean=result["accuracy_after_mean"], ci95=result["accuracy_after_ci95"],
-               min=result["accuracy_after_min"], wall_seconds_max=max(r["wall_seconds"] for r in result["seeds"]),
+               min=result["accuracy_after_min"],
+               wall_seconds_max=max(r["wall_seconds"] for r in result["seeds"]),
                entropy_final_mean=float(np.mean([r["entropy_final"] for r in result["seeds"]])),
                jobs=result["jobs"], threads=result["threads"], note=result["note"])
     rows = [r for r in rows if (r["flags"], r["commit"]) != (recipe, commit)] + [row]
     with open(path, "w") as f:
         json.dump(dict(recipes=rows), f, indent=1)
-    lines = ["Recipes tried: `python llm_train.py --seed S FLAGS` at the commit named, seeds as listed.", "",
-             "| flags (on top of that commit's defaults) | commit | accuracy per seed | mean [95% CI] | lowest "
-             "| final entropy (mean) | wall s (max) | runs side by side |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["Recipes tried: `python llm_train.py --seed S FLAGS` at the commit named, seeds as listed; "
+             "how the runs shared the machine is each row's `note` in llm_recipes.json.", "",
+             "| flags (on top of that commit's defaults) | commit | accuracy per seed | mean [95% CI] "
+             "| lowest | final entropy (mean) | wall s (max) | --jobs |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| `{' '.join(r['flags']) or '(defaults)'}` | {r['commit']} | "
               f"{', '.join(f'{x:.3f}' for x in r['accuracy_after'])} | {r['mean']:.3f} "
               f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {r['min']:.3f} | {r['entropy_final_mean']:.3f} | "
