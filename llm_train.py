@@ -67,6 +67,7 @@ if TYPE_CHECKING:  # for the annotations only: transformers loads when a model d
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ALGOS = ("sppo", "grpo", "ppo")
+FULL_LR = 3e-5  # --lr's default with --lora 0: full fine-tuning moves every weight, 10x less than adapters
 
 
 def arg(default, help):
@@ -81,12 +82,13 @@ class Config:
     critic_layers: int = arg(6, "keep only the first K transformer layers of the critic (0 = all)")
     algo: str = arg("sppo", "sppo | grpo | ppo")
     group_size: int = arg(8, "grpo: samples per prompt")
-    steps: int = arg(6, "training steps (one batch of prompts each)")
+    steps: int = arg(9, "training steps (one batch of prompts each)")
     batch_size: int = arg(64, "prompts per step (grpo samples group_size responses for each)")
     minibatches: int = arg(2, "minibatches per PPO epoch, one optimiser step each (paper: 256 prompts / 128)")
     micro_batch: int = arg(16, "rows per forward pass of the update, grouped by length: less padding")
     ppo_epochs: int = arg(1, "passes over each batch")
-    lr: float = arg(3e-5, "actor learning rate (paper: 1e-6 at 256 prompts/step on GPUs)")
+    lr: float = arg(3e-4, f"actor learning rate, the LoRA adapters' (with --lora 0 the default is {FULL_LR:g}; "
+                    "paper: 1e-6 at 256 prompts/step on GPUs, full fine-tuning)")
     critic_lr: float = arg(3e-4, "critic learning rate (paper: 5e-6); high: the solve rate it tracks moves")
     weight_decay: float = arg(0.01, "AdamW weight decay, actor and critic")
     warmup_steps: int = arg(0, "linear warmup, then a constant learning rate")
@@ -130,8 +132,8 @@ class Config:
     seed: int = arg(0, "seeds data order, sampling and the tiny model")
     threads: int = arg(0, "torch CPU threads (0 = torch's default)")
     grad_checkpointing: bool = arg(False, "trade compute for memory on big models")
-    lora: int = arg(0, "LoRA rank of the policy's adapters (0 = train every weight; needs peft). Not in the "
-                    "paper")
+    lora: int = arg(16, "LoRA rank of the policy's adapters (0 = train every weight, the paper's way). Not in "
+                    "the paper; on by default: bench/results/llm_default_seeds.md")
     critic_lora: int = arg(-1, "LoRA rank of the critic's adapters (-1 = as --lora, 0 = train it fully)")
     lora_alpha: float = arg(0.0, "LoRA scale: the update is (alpha / rank) B A x (0 = 2 x the rank)")
     lora_dropout: float = arg(0.0, "dropout on the adapters' input in the update's forward passes only")
@@ -908,7 +910,7 @@ FIXED_ON_RESUME = ("model", "critic_model", "critic_layers", "algo", "group_size
 def parse_config(argv):
     """Flags from the Config fields, help from their metadata. Only flags given on the command line are kept
     (default=SUPPRESS): --resume takes the run's own config.json, refuses a change of FIXED_ON_RESUME and
-    applies any other (main logs them)."""
+    applies any other (main logs them). A new run with --lora 0 and no --lr gets FULL_LR."""
     parser = argparse.ArgumentParser(prog="llm_train.py", description=__doc__.split("\n")[0])
     parser.error = fail  # one line on stderr and exit status 2, like every other bad input
     for f in dataclasses.fields(Config):
@@ -919,6 +921,8 @@ def parse_config(argv):
         parser.add_argument(flag(f.name), default=argparse.SUPPRESS, help=help, **kw)
     given = vars(parser.parse_args(argv))
     if not given.get("resume"):
+        if given.get("lora") == 0 and "lr" not in given:
+            given["lr"] = FULL_LR
         return Config(**given)
     try:
         with open(os.path.join(given["resume"], "config.json")) as f:
@@ -1072,6 +1076,9 @@ def from_pretrained(auto_class, name, cfg, flag):
             save_model(model, tok, tmp)
             os.replace(tmp, cache)
         shutil.rmtree(tmp, ignore_errors=True)
+        if os.path.isfile(os.path.join(cache, "model.safetensors")):  # the first run loads what later ones
+            del model  # do: from the conversion in memory, LoRA's sums differed in the last bits
+            return from_pretrained(auto_class, name, cfg, flag)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok
@@ -1630,7 +1637,7 @@ def main(argv=None):
     # 1. everything that can be checked before a model loads: checkpoint, model names, --out, reward, data
     saved = read_checkpoint(cfg.resume) if cfg.resume else None
     if (cfg.lora or critic_rank(cfg)) and importlib.util.find_spec("peft") is None:
-        fail("--lora and --critic-lora need the peft package (pip install peft==0.21.2)")
+        fail("--lora and --critic-lora need the peft package (pip install peft==0.21.2; --lora 0 trains without)")
     if cfg.merge_lora:
         return merge_lora(cfg, saved)
     if saved and saved[1]["state"]["step"] >= cfg.steps:

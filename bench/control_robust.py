@@ -5,12 +5,13 @@
 
 bench/control_tune.py picked SPPO's defaults on two seeds; on the suite's five, LunarLander ended at 0.00-0.92
 and one Hopper seed at 0.49. The suite's curves show why: LunarLander's seeds still rise at the 2M-step budget
-(or sit at ~0.1), Hopper's weak seed peaks at 0.84 mid-run and falls back. So this round tries an annealed lr
-(CleanRL's --anneal-lr: the last updates are small, a good policy is not undone) on four tuning seeds (11-14,
-never the suite's), at the env's budget, so that only the suite's sppo rows change; the tuned defaults' runs
-on seeds 11 and 12 are those of control_tune.json, read from there. (A 4M-step budget, an env setting that
-would rerun every algorithm, ran at ~5,000 steps/s here: 14 min a run, left for later.) Runs as
-control_tune.py's (`control.py ... --threads 1 --out DIR --overwrite`, one thread each).
+(or sit at ~0.1), Hopper's weak seed peaks at 0.84 mid-run and falls back. So this round tries, on four tuning
+seeds (11-14, never the suite's), an annealed lr (CleanRL's --anneal-lr: the last updates are small, a good
+policy is not undone) and on LunarLander more updates (16 episodes an update), more epochs, a faster critic,
+a 4M-step budget (an env setting: adopting it would rerun every algorithm's suite rows; the others change only
+the sppo rows), and at 4M steps and 16 episodes a lower or an annealed lr. The tuned defaults' runs on seeds 11 and 12 are those of control_tune.json, read from there;
+`--configs` runs only the named candidates. Runs as control_tune.py's (`control.py ... --threads 1 --out DIR
+--overwrite`, one thread each).
 Writes RESULTS/control_robust.{md,json}: success per seed, mean, lowest seed, train seconds.
 """
 import argparse
@@ -24,7 +25,13 @@ from control_tune import ROOT, run, run_all  # noqa: E402
 
 SEEDS = (11, 12, 13, 14)
 CANDIDATES = {  # env: [(name, env-step budget, flags)], the flags on top of control.py's tuned defaults
-    "LunarLander-v3": [("tuned", 2_000_000, []), ("lr annealed", 2_000_000, ["--anneal-lr"])],
+    "LunarLander-v3": [("tuned", 2_000_000, []), ("lr annealed", 2_000_000, ["--anneal-lr"]),
+                       ("4M steps", 4_000_000, []), ("epochs x2", 2_000_000, ["--update-epochs", "16"]),
+                       ("critic lr 1e-2", 2_000_000, ["--critic-lr", "0.01"]),
+                       ("episodes 16", 2_000_000, ["--episodes", "16"]),
+                       ("4M, episodes 16", 4_000_000, ["--episodes", "16"]),
+                       ("4M, episodes 16, lr 5e-4", 4_000_000, ["--episodes", "16", "--lr", "5e-4"]),
+                       ("4M, episodes 16, lr annealed", 4_000_000, ["--episodes", "16", "--anneal-lr"])],
     "Hopper-v5": [("tuned", 1_000_000, []), ("lr annealed", 1_000_000, ["--anneal-lr"])],
 }
 SKIP = {("tuned", 11), ("tuned", 12)}  # already in bench/results/control_tune.json ("critic lr x3")
@@ -34,6 +41,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--envs", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="tuning seeds (default 11-14)")
+    p.add_argument("--configs", nargs="+", default=None, help="only these configurations (default: all)",
+                   choices=sorted({name for configs in CANDIDATES.values() for name, _, _ in configs}))
     p.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each")
     p.add_argument("--quick", action="store_true", help="20k env steps, seed 11, 20 eval episodes")
     p.add_argument("--out", default=None, help="run folders (default runs/robust, runs/robust_quick)")
@@ -43,7 +52,7 @@ def main():
     results = a.results or (out if a.quick else os.path.join(ROOT, "bench", "results"))
     jobs = []
     for env in a.envs:
-        for name, budget, flags in CANDIDATES[env]:
+        for name, budget, flags in [c for c in CANDIDATES[env] if a.configs is None or c[0] in a.configs]:
             for seed in [s for s in (SEEDS[:1] if a.quick else a.seeds) if a.quick or (name, s) not in SKIP]:
                 folder = os.path.join(out, env, f"sppo_{name.replace(' ', '_').replace(',', '')}_{seed}")
                 jobs.append((ROOT, env, "sppo", name, flags, seed, folder, 20_000 if a.quick else budget,

@@ -107,7 +107,7 @@ def launch(job, size, out_root):
            "--data", job["data"], "--eval-data", job["eval_data"], "--eval-size", str(size["eval_size"]),
            "--max-new-tokens", str(size["max_new_tokens"]), "--critic-layers", str(job["critic_layers"]),
            "--lr", str(job["lr"]), "--seed", str(job["seed"]), "--threads", "1", "--samples-every", "0",
-           "--out", out]
+           "--lora", "0", "--out", out]  # full fine-tuning: its lrs (sweep, LRS) are full fine-tuning's
     cmd += ["--critic-lr", str(job["critic_lr"])] if job["critic_lr"] else []
     cmd += ["--dump-values"] if job["dump"] else []
     cmd += ["--patience", str(job["patience"]), "--min-delta", "0.01"] if job["patience"] else []

@@ -5,9 +5,10 @@
     python bench/llm_lora.py --parts fits     # only the GPU table (no run: the memory plan's arithmetic)
     python bench/llm_lora.py --quick          # the tiny random model, 1 seed, seconds: a smoke test
 
-Part "accuracy": `python llm_train.py --seed S --time-budget BUDGET --steps 100 [LORA]` for seeds 0-2, full
-fine-tuning (the defaults) against LORA = `--lora 16 --lr 3e-4` (alpha 32, adapters on every linear layer of
-the policy and of the critic, value head trained fully). The LoRA lr is 10x the full one, the usual rule for
+Part "accuracy": `python llm_train.py --seed S --time-budget BUDGET --steps 100 FULL|LORA` for seeds 0-2,
+full fine-tuning FULL = `--lora 0 --lr 3e-5` (the defaults before results/llm_default_seeds.md) against
+LORA = `--lora 16 --lr 3e-4` (alpha 32, adapters on every linear layer of the policy and of the critic, value
+head trained fully). The LoRA lr is 10x the full one, the usual rule for
 adapters, not tuned here. Both stop at the same training seconds: held-out greedy accuracy (256 problems), mean
 and 95% bootstrap interval over seeds, seconds a step, peak memory.
 Part "memory": one step (`--steps 1 --eval-size 64`) of full, --grad-checkpointing, --lora 16 and both: the
@@ -35,7 +36,8 @@ sys.path.insert(0, ROOT)
 import llm_train  # noqa: E402
 
 LORA = ["--lora", "16", "--lr", "3e-4"]
-MEMORY = {"full": [], "grad-checkpointing": ["--grad-checkpointing"], "lora 16": ["--lora", "16"],
+FULL = ["--lora", "0", "--lr", "3e-5"]  # llm_train.py's defaults were these until the five-seed table
+MEMORY = {"full": FULL, "grad-checkpointing": [*FULL, "--grad-checkpointing"], "lora 16": ["--lora", "16"],
           "lora 16 + grad-checkpointing": ["--lora", "16", "--grad-checkpointing"]}
 QWEN = {  # Qwen2.5-*-Instruct config.json fields (hub), the memory plan's inputs
     "0.5B": dict(num_hidden_layers=24, hidden_size=896, intermediate_size=4864, vocab_size=151936,
@@ -46,8 +48,8 @@ QWEN = {  # Qwen2.5-*-Instruct config.json fields (hub), the memory plan's input
                tie_word_embeddings=False, num_attention_heads=28, num_key_value_heads=4)}
 WORKLOAD = dict(batch_size=64, max_new_tokens=1024, micro_batch=4, eval_batch_size=64)
 SETUPS = {  # name: Config changes
-    "full, whole critic": dict(critic_layers=0), "full, small critic (6 layers)": dict(critic_layers=6),
-    "full, small critic, grad-ckpt": dict(critic_layers=6, grad_checkpointing=True),
+    "full, whole critic": dict(lora=0, critic_layers=0), "full, small critic (6 layers)": dict(lora=0, critic_layers=6),
+    "full, small critic, grad-ckpt": dict(lora=0, critic_layers=6, grad_checkpointing=True),
     "LoRA 16, small critic": dict(lora=16, critic_layers=6),
     "LoRA 16, small critic, grad-ckpt": dict(lora=16, critic_layers=6, grad_checkpointing=True)}
 GPUS = (24, 48, 80)
@@ -120,7 +122,7 @@ def main():
     jobs = []
     if "accuracy" in a.parts:
         jobs += [(f"{arm}/seed{s}", [*small, "--seed", str(s), "--time-budget", str(budget), "--steps", "100",
-                                      *(LORA if arm == "lora" else [])])
+                                      *(LORA if arm == "lora" else FULL)])
                  for arm in ("full", "lora") for s in seeds]
     if "memory" in a.parts:
         jobs += [(f"memory/{name.replace(' ', '_')}", [*small, "--steps", "1", "--eval-size", "16" if a.quick

@@ -75,7 +75,7 @@ def main():
         c = llm_train.Config()
         flags = ["--batch-size", str(c.batch_size), "--minibatches", str(c.minibatches), "--lr", str(c.lr),
                  "--critic-lr", str(c.critic_lr), "--eval-batch-size", str(c.eval_batch_size),
-                 "--steps", str(c.steps if args.full else args.steps)]
+                 "--lora", str(c.lora), "--steps", str(c.steps if args.full else args.steps)]
         flags += [] if args.full else ["--eval-size", "16"]
     work = tempfile.mkdtemp(prefix="llm_speed_")
     base_dir = checkout(args.baseline, tempfile.mkdtemp(prefix="llm_base_"))

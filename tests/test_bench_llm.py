@@ -86,8 +86,8 @@ def test_llm_compare_quick(tmp_path):
              "--minibatches", "2", "--ppo-epochs", "1", "--steps", "1000", "--time-budget", "3",
              "--eval-every-seconds", "0.25", "--data", saved["data"], "--eval-data", saved["eval_data"],
              "--eval-size", "16", "--max-new-tokens", "8", "--critic-layers", "1", "--lr", "6e-05",
-             "--seed", "1", "--threads", "1", "--samples-every", "0", "--out", str(run), "--critic-lr",
-             "0.0003", "--dump-values", "--patience", "3", "--min-delta", "0.01"]
+             "--seed", "1", "--threads", "1", "--samples-every", "0", "--lora", "0", "--out", str(run),
+             "--critic-lr", "0.0003", "--dump-values", "--patience", "3", "--min-delta", "0.01"]
     assert llm_compare.finished(str(run), ["python", "llm_train.py"] + flags)
     other = flags[:flags.index("--lr") + 1] + ["1e-4"] + flags[flags.index("--lr") + 2:]
     assert not llm_compare.finished(str(run), ["python", "llm_train.py"] + other)

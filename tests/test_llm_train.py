@@ -2,6 +2,7 @@
 
     HF_HUB_OFFLINE=1 python -m pytest tests/test_llm_train.py -q
 """
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import llm_train as L  # noqa: E402
 
 torch.set_num_threads(1)
 TINY = ["--model", "tiny", "--batch-size", "4", "--max-new-tokens", "8", "--eval-size", "8", "--threads", "1",
-        "--samples-every", "1", "--group-size", "2", "--lr", "1e-3", "--critic-lr", "1e-3"]
+        "--samples-every", "1", "--group-size", "2", "--lr", "1e-3", "--critic-lr", "1e-3", "--lora", "0"]
 CPU = torch.device("cpu")
 
 
@@ -1052,7 +1053,7 @@ def test_save_every_seconds_bad_values(tmp_path, capsys, value, message):
 def test_memory_plan_of_the_tiny_model_is_the_formula(capsys):
     rows = [{"prompt": "x" * 10}]
     cfg = L.Config(model="tiny", batch_size=4, micro_batch=2, max_new_tokens=8, eval_batch_size=8,
-                   critic_layers=1)
+                   critic_layers=1, lora=0)  # full fine-tuning: every weight has a gradient and Adam's state
     parts = L.memory_plan(cfg, None, rows, CPU)
     policy, _ = L.tiny_model(0)
     critic, _ = L.make_critic(policy, None, cfg)
@@ -1061,7 +1062,7 @@ def test_memory_plan_of_the_tiny_model_is_the_formula(capsys):
     seq, h, i, v, layers, kv = 10 + 8, 64, 128, policy.config.vocab_size, 2, 2 * 16
     assert parts["activations"] == 2 * seq * (layers * 4 * (8 * h + 4 * i) + 12 * v)
     assert parts["kv_cache"] == 8 * seq * layers * 2 * kv * 4
-    grpo = L.memory_plan(L.Config(model="tiny", algo="grpo"), None, rows, CPU)
+    grpo = L.memory_plan(L.Config(model="tiny", algo="grpo", lora=0), None, rows, CPU)
     assert grpo["weights"] == 4 * sum(p.numel() for p in policy.parameters())  # no critic
     line = capsys.readouterr().err.splitlines()[0]
     assert line.startswith("memory plan: weights ") and "total" in line and "GiB" in line
@@ -1194,8 +1195,21 @@ def test_lora_bad_input(tmp_path, capsys, monkeypatch):
         whole=False)
     real = L.importlib.util.find_spec
     monkeypatch.setattr(L.importlib.util, "find_spec", lambda name: None if name == "peft" else real(name))
-    bad([*TINY, "--lora", "4", *out], capsys, "need the peft package (pip install peft==0.21.2)")
+    bad([*TINY, "--lora", "4", *out], capsys,
+        "--lora and --critic-lora need the peft package (pip install peft==0.21.2; --lora 0 trains without)")
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_defaults_are_the_five_seed_recipe(tmp_path):
+    """The defaults are the recipe of bench/results/llm_default_seeds.md (LoRA 16, lr 3e-4, 9 steps); --lora 0
+    without --lr takes full fine-tuning's 3e-5, an lr given stays, and a resume keeps the run's own lr."""
+    cfg = L.parse_config([])
+    assert (cfg.lora, cfg.critic_lora, cfg.lr, cfg.critic_lr, cfg.steps) == (16, -1, 3e-4, 3e-4, 9)
+    assert L.parse_config(["--lora", "0"]).lr == 3e-5
+    assert L.parse_config(["--lora", "0", "--lr", "1e-4"]).lr == 1e-4
+    assert L.parse_config(["--lora", "8"]).lr == 3e-4
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(L.Config(lora=0, lr=5e-5))))
+    assert L.parse_config(["--resume", str(tmp_path)]).lr == 5e-5
 
 
 def test_patience_stops_when_the_accuracy_stops_rising(tmp_path, monkeypatch, capsys):
