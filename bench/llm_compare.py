@@ -9,7 +9,9 @@ Every run is `python llm_train.py ...` in its own process (OMP_NUM_THREADS=1, --
 side by side), in OUT/<run>/ with its log in log.txt. The same for all runs:
   samples   64 per step: sppo and ppo 64 prompts x 1 response, grpo 8 prompts x 8 (--group-size 8); 2
             minibatches of 32 samples (one AdamW step each), 1 epoch (--ppo-epochs 1), as llm_train's defaults
-            (16-sample minibatches drifted to long wrong answers in development runs).
+            (16-sample minibatches drifted to long wrong answers in development runs). Full fine-tuning
+            (--lora 0), the paper's: the sweep's lrs are full fine-tuning's (llm_train's default became LoRA
+            16 after them; a LoRA comparison needs its own sweep at ~10x these lrs).
   to the peak  each run until its curve stops rising (--patience 3 --min-delta 0.01: no new best by more
             than 0.01 in its last 3 evaluations) or --time-budget 1800 training seconds (each step's generate
             + score + values + critic + policy time; loading and evaluation do not count).

@@ -53,7 +53,9 @@ def run(seed, out, flags, threads):
     return dict(seed=seed, accuracy_before=summary["eval_accuracy_before"],
                 accuracy_after=summary["eval_accuracy_after"], wall_seconds=summary["wall_seconds"],
                 process_seconds=summary.get("process_seconds"), train_seconds=summary["train_seconds"],
-                entropy_final=rows[-1]["entropy"], measured=summary.get("measured"))
+                entropy_final=rows[-1]["entropy"],  # (a run this script did not finish: its summary's time)
+                measured=summary.get("measured") or time.strftime("%Y-%m-%d %H:%M",
+                                                                  time.localtime(os.path.getmtime(path))))
 
 
 def bootstrap_ci(values, resamples=10_000, seed=0):
