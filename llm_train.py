@@ -87,8 +87,8 @@ class Config:
     minibatches: int = arg(2, "minibatches per PPO epoch, one optimiser step each (paper: 256 prompts / 128)")
     micro_batch: int = arg(16, "rows per forward pass of the update, grouped by length: less padding")
     ppo_epochs: int = arg(1, "passes over each batch")
-    lr: float = arg(3e-4, f"actor learning rate, the LoRA adapters' (with --lora 0 the default is {FULL_LR:g}; "
-                    "paper: 1e-6 at 256 prompts/step on GPUs, full fine-tuning)")
+    lr: float = arg(3e-4, "actor learning rate, the LoRA adapters' (with --lora 0 the default is "
+                    f"{FULL_LR:g}; paper: 1e-6 at 256 prompts/step on GPUs, full fine-tuning)")
     critic_lr: float = arg(3e-4, "critic learning rate (paper: 5e-6); high: the solve rate it tracks moves")
     weight_decay: float = arg(0.01, "AdamW weight decay, actor and critic")
     warmup_steps: int = arg(0, "linear warmup, then a constant learning rate")
@@ -132,8 +132,8 @@ class Config:
     seed: int = arg(0, "seeds data order, sampling and the tiny model")
     threads: int = arg(0, "torch CPU threads (0 = torch's default)")
     grad_checkpointing: bool = arg(False, "trade compute for memory on big models")
-    lora: int = arg(16, "LoRA rank of the policy's adapters (0 = train every weight, the paper's way). Not in "
-                    "the paper; on by default: bench/results/llm_default_seeds.md")
+    lora: int = arg(16, "LoRA rank of the policy's adapters (0 = train every weight, the paper's way). "
+                    "Not in the paper; on by default: bench/results/llm_default_seeds.md")
     critic_lora: int = arg(-1, "LoRA rank of the critic's adapters (-1 = as --lora, 0 = train it fully)")
     lora_alpha: float = arg(0.0, "LoRA scale: the update is (alpha / rank) B A x (0 = 2 x the rank)")
     lora_dropout: float = arg(0.0, "dropout on the adapters' input in the update's forward passes only")
@@ -1637,7 +1637,8 @@ def main(argv=None):
     # 1. everything that can be checked before a model loads: checkpoint, model names, --out, reward, data
     saved = read_checkpoint(cfg.resume) if cfg.resume else None
     if (cfg.lora or critic_rank(cfg)) and importlib.util.find_spec("peft") is None:
-        fail("--lora and --critic-lora need the peft package (pip install peft==0.21.2; --lora 0 trains without)")
+        fail("--lora and --critic-lora need the peft package (pip install peft==0.21.2; "
+             "--lora 0 trains without)")
     if cfg.merge_lora:
         return merge_lora(cfg, saved)
     if saved and saved[1]["state"]["step"] >= cfg.steps:
