@@ -1,7 +1,7 @@
 """LLM benchmark: SPPO vs GRPO vs token-level PPO, equal samples per step, equal training seconds, 3 seeds;
 the small critic against the full one; the tail effect.
 
-    python bench/llm_compare.py --sweep --jobs 2   # 1. lr per algorithm on the validation split (~95 min)
+    python bench/llm_compare.py --sweep --jobs 2   # 1. lr per algorithm on the validation split (~2 h)
     python bench/llm_compare.py --jobs 2           # 2. the comparison to each run's peak, with the sweep's lrs
     python bench/llm_compare.py --quick [--sweep]  # random tiny model, offline, 1-3 min: a smoke test
 
@@ -9,9 +9,9 @@ Every run is `python llm_train.py ...` in its own process (OMP_NUM_THREADS=1, --
 side by side), in OUT/<run>/ with its log in log.txt. The same for all runs:
   samples   64 per step: sppo and ppo 64 prompts x 1 response, grpo 8 prompts x 8 (--group-size 8); 2
             minibatches of 32 samples (one AdamW step each), 1 epoch (--ppo-epochs 1), as llm_train's defaults
-            (16-sample minibatches drifted to long wrong answers in development runs). Full fine-tuning
-            (--lora 0), the paper's: the sweep's lrs are full fine-tuning's (llm_train's default became LoRA
-            16 after them; a LoRA comparison needs its own sweep at ~10x these lrs).
+            (16-sample minibatches drifted to long wrong answers in development runs). LoRA rank 16 on policy
+            and critic, llm_train's default (not in the paper; full fine-tuning's five default seeds missed
+            the targets LoRA met, bench/results/llm_recipes.md).
   to the peak  each run until its curve stops rising (--patience 3 --min-delta 0.01: no new best by more
             than 0.01 in its last 3 evaluations) or --time-budget 1800 training seconds (each step's generate
             + score + values + critic + policy time; loading and evaluation do not count).
@@ -24,16 +24,17 @@ side by side), in OUT/<run>/ with its log in log.txt. The same for all runs:
             bucket, never trained on, never tested on: the sweep's yardstick.
   runs      sppo (6-layer critic), grpo, ppo (6-layer per-token critic), sppo_full_critic (--critic-layers 0,
             all 30 layers); seeds 1, 2, 3.
-  sweep     (actor lr, critic lr) for sppo and ppo: (1e-5, 3e-5), (3e-5, 1e-4), (6e-5, 3e-4); grpo's actor lr
-            1e-5, 3e-5, 6e-5. Seeds 11 and 12 (not the comparison's), 360 training seconds, validation
-            accuracy at the end. The best mean per algorithm goes to RESULTS/llm_sweep.json, which the
-            comparison reads (else LRS below, the sweep's middle pair); sppo_full_critic takes sppo's.
+  sweep     actor lr 1e-4, 3e-4, 6e-4 for each algorithm (the critic's lr the same, llm_train's LoRA default),
+            and for sppo and ppo the critic lr 1e-4 and 1e-3 at actor lr 3e-4. Seeds 11, 12, 13 (not the
+            comparison's), 6 steps (384 samples: a step budget, so the machine's load cannot move it),
+            validation accuracy at the end. The best mean per algorithm goes to RESULTS/llm_sweep.json, which
+            the comparison reads (else LRS below); sppo_full_critic takes sppo's.
 
-Duration on this 2-core machine (2026-11-26, --jobs 2, one thread a run): the sweep's runs 92 min; the
-comparison at its former 480-second budget 116 min (a run: ~40 s loading, ~60 s an evaluation of 256
-problems). To the peak a run can take up to 1800 training seconds and 16 evaluations: hours; it resumes (a
-finished run is read back, a stopped one continued from its checkpoint), so it can run in parts. Time-budgeted
-runs lose steps to anything else on the CPU: run it alone.
+Duration on this 2-core machine (2026-12-03, --jobs 2, one thread a run): a sweep run ~10 min (~40 s
+loading, ~60 s an evaluation of 256 problems, 40-75 s a step). To the peak a run can take up to 1800
+training seconds and 16 evaluations: hours; it resumes (a finished run is read back, a stopped one continued
+from its checkpoint), so it can run in parts. Time-budgeted runs lose steps to anything else on the CPU: run
+it alone.
 
 Writes RESULTS/llm_compare.{json,md}, llm_accuracy.png and llm_tail_effect.png (plots need matplotlib);
 --sweep writes RESULTS/llm_sweep.{json,md}. RESULTS is bench/results, or OUT/results with --quick.
@@ -57,14 +58,15 @@ sys.path.insert(0, ROOT)
 import llm_train  # noqa: E402  (the built-in task and TIME_KEYS: one definition)
 
 FULL = dict(model="smollm2", samples=64, group_size=8, minibatches=2, max_new_tokens=32, eval_size=256,
-            critic_layers=6, budget=1800, eval_every_seconds=120, patience=3, seeds=[1, 2, 3], sweep_budget=360,
-            sweep_seeds=[11, 12], grid_size=3, train_problems=5000)
+            critic_layers=6, budget=1800, eval_every_seconds=120, patience=3, seeds=[1, 2, 3], sweep_steps=6,
+            sweep_seeds=[11, 12, 13], grid_size=5, train_problems=5000)
 QUICK = dict(model="tiny", samples=16, group_size=8, minibatches=2, max_new_tokens=8, eval_size=16,
-             critic_layers=1, budget=3, eval_every_seconds=0.25, patience=3, seeds=[1, 2], sweep_budget=1,
+             critic_layers=1, budget=3, eval_every_seconds=0.25, patience=3, seeds=[1, 2], sweep_steps=2,
              sweep_seeds=[11], grid_size=2, train_problems=500)  # tiny: 2 layers; fewer rows to encode
-LRS = {"sppo": (3e-5, 1e-4), "grpo": (3e-5, None), "ppo": (3e-5, 1e-4)}  # (actor, critic) without a sweep
-PAIRS = [(1e-5, 3e-5), (3e-5, 1e-4), (6e-5, 3e-4)]  # critic lr ~3x actor lr
-GRID = {"sppo": PAIRS, "grpo": [(lr, None) for lr, _ in PAIRS], "ppo": PAIRS}
+LRS = {"sppo": (3e-4, 3e-4), "grpo": (3e-4, None), "ppo": (3e-4, 3e-4)}  # (actor, critic) without a sweep
+ACTOR = [(1e-4, 1e-4), (3e-4, 3e-4), (6e-4, 6e-4)]  # LoRA: ~10x full fine-tuning's lrs; critic lr = actor's
+CRITIC = [(3e-4, 1e-4), (3e-4, 1e-3)]  # the critic's lr on its own, at the middle actor lr
+GRID = {"sppo": ACTOR + CRITIC, "grpo": [(lr, None) for lr, _ in ACTOR], "ppo": ACTOR + CRITIC}
 RUNS = {"sppo": "sppo", "grpo": "grpo", "ppo": "ppo", "sppo_full_critic": "sppo"}  # run name: algorithm
 COLORS = {"sppo": "C0", "grpo": "C2", "ppo": "C1", "sppo_full_critic": "C4"}
 COMPARE = [("sppo", "grpo"), ("sppo", "ppo"), ("grpo", "ppo"), ("sppo", "sppo_full_critic")]
@@ -104,12 +106,12 @@ def launch(job, size, out_root):
     per_prompt = size["group_size"] if job["algo"] == "grpo" else 1
     cmd = [sys.executable, "llm_train.py", "--model", size["model"], "--algo", job["algo"],
            "--batch-size", str(size["samples"] // per_prompt), "--group-size", str(size["group_size"]),
-           "--minibatches", str(size["minibatches"]), "--ppo-epochs", "1", "--steps", "1000",
+           "--minibatches", str(size["minibatches"]), "--ppo-epochs", "1", "--steps", str(job["steps"]),
            "--time-budget", str(job["budget"]), "--eval-every-seconds", str(job["eval_every_seconds"]),
            "--data", job["data"], "--eval-data", job["eval_data"], "--eval-size", str(size["eval_size"]),
            "--max-new-tokens", str(size["max_new_tokens"]), "--critic-layers", str(job["critic_layers"]),
            "--lr", str(job["lr"]), "--seed", str(job["seed"]), "--threads", "1", "--samples-every", "0",
-           "--lora", "0", "--out", out]  # full fine-tuning: its lrs (sweep, LRS) are full fine-tuning's
+           "--out", out]
     cmd += ["--critic-lr", str(job["critic_lr"])] if job["critic_lr"] else []
     cmd += ["--dump-values"] if job["dump"] else []
     cmd += ["--patience", str(job["patience"]), "--min-delta", "0.01"] if job["patience"] else []
@@ -196,8 +198,10 @@ def run_all(jobs, size, out, n_jobs):
         return list(pool.map(lambda job: launch(job, size, out), jobs))
 
 
-def job(name, algo, seed, lrs, critic_layers, data, eval_data, budget, eval_every_seconds, dump, patience=0):
+def job(name, algo, seed, lrs, critic_layers, data, eval_data, budget, eval_every_seconds, dump, patience=0,
+        steps=1000):
     return dict(name=name, algo=algo, seed=seed, lr=lrs[0], critic_lr=lrs[1] if algo != "grpo" else None,
+                steps=steps,
                 critic_layers=critic_layers, data=data, eval_data=eval_data, budget=budget,
                 eval_every_seconds=eval_every_seconds, dump=dump, patience=patience)
 
@@ -340,33 +344,38 @@ def times(x):
 def sweep(size, paths, out, results_dir, n_jobs, machine, quick):
     """Each (actor lr, critic lr) of GRID on the sweep seeds: validation accuracy at the end of the budget."""
     grid = {algo: settings[:size["grid_size"]] for algo, settings in GRID.items()}
-    jobs = [job(f"sweep_{algo}_lr{lrs[0]:g}_s{seed}", algo, seed, lrs, size["critic_layers"],
-                paths[f"train_s{seed}"], paths["val"], size["sweep_budget"], 0, False)
+    jobs = [job(f"sweep_{algo}_lr{lrs[0]:g}" + (f"_critic{lrs[1]:g}" if lrs[1] else "") + f"_s{seed}", algo, seed,
+                lrs, size["critic_layers"], paths[f"train_s{seed}"], paths["val"], 0, 0, False,
+                steps=size["sweep_steps"])
             for algo, settings in grid.items() for lrs in settings for seed in size["sweep_seeds"]]
+    jobs.sort(key=lambda j: (j["lr"], j["critic_lr"]) in CRITIC)  # the actor lrs first (a stable sort)
     runs = run_all(jobs, size, out, n_jobs)
     rows = []
     for algo, settings in grid.items():
         for lr, critic_lr in settings:
-            acc = [r["final_accuracy"] for r in runs if r["algo"] == algo and r["lr"] == lr]
+            acc = [r["final_accuracy"] for r in runs
+                   if r["algo"] == algo and r["lr"] == lr and r["critic_lr"] == critic_lr]
             rows.append(dict(algo=algo, lr=lr, critic_lr=critic_lr, seeds=size["sweep_seeds"],
                              val_accuracy=acc, mean=float(np.mean(acc))))
     chosen = {}
     for algo in grid:  # the best mean; a tie goes to the smaller lr (listed first)
         best = max((r for r in rows if r["algo"] == algo), key=lambda r: r["mean"])
         chosen[algo] = dict(lr=best["lr"], critic_lr=best["critic_lr"], val_accuracy_mean=best["mean"])
+    def picked(r):
+        return (chosen[r["algo"]]["lr"], chosen[r["algo"]]["critic_lr"]) == (r["lr"], r["critic_lr"])
     settings = {k: size[k] for k in ("model", "samples", "minibatches", "max_new_tokens", "critic_layers")}
-    settings.update(budget_train_seconds=size["sweep_budget"], seeds=size["sweep_seeds"], machine=machine,
+    settings.update(steps=size["sweep_steps"], seeds=size["sweep_seeds"], machine=machine,
                     eval_data="data/val.jsonl: 256 validation problems, never the test set", quick=quick,
                     date=time.strftime("%Y-%m-%d"), jobs=n_jobs, **timing(runs))
     with open(os.path.join(results_dir, "llm_sweep.json"), "w") as f:
         json.dump(dict(settings=settings, rows=rows, chosen=chosen), f, indent=1)
-    lines = [f"lr sweep, model `{size['model']}`, {size['sweep_budget']} training seconds per run, greedy "
+    lines = [f"lr sweep, model `{size['model']}`, LoRA 16, {size['sweep_steps']} steps per run, greedy "
              f"accuracy on {size['eval_size']} validation problems (never the test set). {machine}, "
              f"{settings['date']}, {timing_text(settings, n_jobs)}.", "",
              "| algo | lr | critic lr | validation accuracy per seed | mean | chosen |", "|---" * 6 + "|"]
     lines += [f"| {r['algo']} | {r['lr']:g} | {fmt(r['critic_lr'], 'g')} | "
               f"{', '.join(f'{a:.3f}' for a in r['val_accuracy'])} | {r['mean']:.3f} | "
-              f"{'yes' if chosen[r['algo']]['lr'] == r['lr'] else ''} |" for r in rows]
+              f"{'yes' if picked(r) else ''} |" for r in rows]
     write_md(results_dir, "llm_sweep.md", lines)
 
 
