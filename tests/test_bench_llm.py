@@ -86,7 +86,7 @@ def test_llm_compare_quick(tmp_path):
              "--minibatches", "2", "--ppo-epochs", "1", "--steps", "1000", "--time-budget", "3",
              "--eval-every-seconds", "0.25", "--data", saved["data"], "--eval-data", saved["eval_data"],
              "--eval-size", "16", "--max-new-tokens", "8", "--critic-layers", "1", "--lr", "6e-05",
-             "--seed", "1", "--threads", "1", "--samples-every", "0", "--lora", "0", "--out", str(run),
+             "--seed", "1", "--threads", "1", "--samples-every", "0", "--out", str(run),
              "--critic-lr", "0.0003", "--dump-values", "--patience", "3", "--min-delta", "0.01"]
     assert llm_compare.finished(str(run), ["python", "llm_train.py"] + flags)
     other = flags[:flags.index("--lr") + 1] + ["1e-4"] + flags[flags.index("--lr") + 2:]
@@ -97,6 +97,28 @@ def test_llm_compare_quick(tmp_path):
     (run / "latest").write_text("checkpoint-000001")  # a checkpoint of the same settings: continued, not redone
     assert llm_compare.started(str(run), ["python", "llm_train.py"] + flags)
     assert not llm_compare.started(str(run), ["python", "llm_train.py"] + other)
+
+
+@pytest.mark.slow
+def test_llm_sweep_quick(tmp_path):
+    """--quick --sweep: every algorithm at its first two grid points (the actor lrs, the critic's lr the
+    same), one seed, a step budget, validation data; the best mean is chosen; the LoRA recipe is run."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "bench/llm_compare.py", "--quick", "--sweep", "--jobs", "2", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    swept = json.load(open(tmp_path / "results" / "llm_sweep.json"))
+    rows = {(r["algo"], r["lr"], r["critic_lr"]): r for r in swept["rows"]}
+    assert set(rows) == {("sppo", 1e-4, 1e-4), ("sppo", 3e-4, 3e-4), ("grpo", 1e-4, None), ("grpo", 3e-4, None),
+                         ("ppo", 1e-4, 1e-4), ("ppo", 3e-4, 3e-4)}
+    for r in rows.values():
+        assert r["seeds"] == [11] and len(r["val_accuracy"]) == 1 and r["mean"] == r["val_accuracy"][0]
+    for algo, c in swept["chosen"].items():  # the best mean; a tie (the random model: all 0) the smaller lr
+        assert c["val_accuracy_mean"] == max(r["mean"] for r in rows.values() if r["algo"] == algo)
+    assert swept["chosen"]["grpo"]["lr"] == 1e-4 and swept["settings"]["steps"] == 2
+    config = json.load(open(tmp_path / "sweep_ppo_lr0.0003_critic0.0003_s11" / "config.json"))
+    assert (config["lora"], config["critic_lr"], config["steps"], config["time_budget"]) == (16, 3e-4, 2, 0.0)
+    assert config["eval_data"].endswith("val.jsonl")
 
 
 @pytest.mark.slow
