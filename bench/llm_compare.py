@@ -63,6 +63,7 @@ FULL = dict(model="smollm2", samples=64, group_size=8, minibatches=2, max_new_to
 QUICK = dict(model="tiny", samples=16, group_size=8, minibatches=2, max_new_tokens=8, eval_size=16,
              critic_layers=1, budget=3, eval_every_seconds=0.25, patience=3, seeds=[1, 2], sweep_steps=2,
              sweep_seeds=[11], grid_size=2, train_problems=500)  # tiny: 2 layers; fewer rows to encode
+LORA = llm_train.Config().lora  # every run's LoRA rank (llm_train's default); a sweep at another is not read
 LRS = {"sppo": (3e-4, 3e-4), "grpo": (3e-4, None), "ppo": (3e-4, 3e-4)}  # (actor, critic) without a sweep
 ACTOR = [(1e-4, 1e-4), (3e-4, 3e-4), (6e-4, 6e-4)]  # LoRA: ~10x full fine-tuning's lrs; critic lr = actor's
 CRITIC = [(3e-4, 1e-4), (3e-4, 1e-3)]  # the critic's lr on its own, at the middle actor lr
@@ -364,7 +365,7 @@ def sweep(size, paths, out, results_dir, n_jobs, machine, quick):
     def picked(r):
         return (chosen[r["algo"]]["lr"], chosen[r["algo"]]["critic_lr"]) == (r["lr"], r["critic_lr"])
     settings = {k: size[k] for k in ("model", "samples", "minibatches", "max_new_tokens", "critic_layers")}
-    settings.update(steps=size["sweep_steps"], seeds=size["sweep_seeds"], machine=machine,
+    settings.update(lora=LORA, steps=size["sweep_steps"], seeds=size["sweep_seeds"], machine=machine,
                     eval_data="data/val.jsonl: 256 validation problems, never the test set", quick=quick,
                     date=time.strftime("%Y-%m-%d"), jobs=n_jobs, **timing(runs))
     with open(os.path.join(results_dir, "llm_sweep.json"), "w") as f:
@@ -380,14 +381,15 @@ def sweep(size, paths, out, results_dir, n_jobs, machine, quick):
 
 
 def chosen_lrs(results_dir, model):
-    """The sweep's choice for this model if RESULTS/llm_sweep.json has one, else LRS; and where from."""
+    """The sweep's choice for this model and LoRA rank if RESULTS/llm_sweep.json has one (the full fine-tuning
+    sweep of 2026-11-26 is not), else LRS; and where from."""
     path = os.path.join(results_dir, "llm_sweep.json")
     if os.path.exists(path):
         swept = json.load(open(path))
-        if swept["settings"]["model"] == model:
+        if (swept["settings"]["model"], swept["settings"].get("lora", 0)) == (model, LORA):  # this recipe's
             chosen = {a: (c["lr"], c["critic_lr"]) for a, c in swept["chosen"].items()}
             return {**LRS, **chosen}, os.path.relpath(path, ROOT)
-    return LRS, "defaults (LRS in bench/llm_compare.py; no llm_sweep.json for this model)"
+    return LRS, "defaults (LRS in bench/llm_compare.py; no llm_sweep.json for this model and LoRA rank)"
 
 
 def write_md(results_dir, name, lines):

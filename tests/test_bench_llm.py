@@ -18,7 +18,7 @@ def test_llm_compare_quick(tmp_path):
     results.mkdir()
     chosen = {"sppo": dict(lr=6e-5, critic_lr=3e-4), "grpo": dict(lr=1e-5, critic_lr=None),
               "ppo": dict(lr=3e-5, critic_lr=1e-4)}  # what --sweep writes; the comparison must take these lrs
-    (results / "llm_sweep.json").write_text(json.dumps({"settings": {"model": "tiny"}, "chosen": chosen}))
+    (results / "llm_sweep.json").write_text(json.dumps({"settings": {"model": "tiny", "lora": 16}, "chosen": chosen}))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "bench/llm_compare.py", "--quick", "--jobs", "2", "--out", str(tmp_path)]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -116,6 +116,7 @@ def test_llm_sweep_quick(tmp_path):
     for algo, c in swept["chosen"].items():  # the best mean; a tie (the random model: all 0) the smaller lr
         assert c["val_accuracy_mean"] == max(r["mean"] for r in rows.values() if r["algo"] == algo)
     assert swept["chosen"]["grpo"]["lr"] == 1e-4 and swept["settings"]["steps"] == 2
+    assert swept["settings"]["lora"] == 16  # what the comparison checks before it takes the sweep's lrs
     config = json.load(open(tmp_path / "sweep_ppo_lr0.0003_critic0.0003_s11" / "config.json"))
     assert (config["lora"], config["critic_lr"], config["steps"], config["time_budget"]) == (16, 3e-4, 2, 0.0)
     assert config["eval_data"].endswith("val.jsonl")
