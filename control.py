@@ -582,9 +582,8 @@ def in_place(cfg):
 
 
 def start_run_folder(cfg, step):
-    """Make --out, once every check has passed. A new run or a branch replaces an earlier run there (and the
-    TensorBoard events its config.json names); a resume or branch keeps the rows up to its checkpoint."""
-    os.makedirs(cfg.out, exist_ok=True)
+    """Fill --out (locked made it). A new run or a branch replaces an earlier run there (and the TensorBoard
+    events its config.json names); a resume or branch keeps the rows up to its checkpoint."""
     if not in_place(cfg):
         old = (read_jsonl(os.path.join(cfg.out, "config.json")) or [{}])[0].get("tensorboard")
         events = glob.glob(os.path.join(glob.escape(old), "events.out.tfevents.*")) if old else []
@@ -827,9 +826,8 @@ def main(argv=None):
         return evaluate_saved(given)
     ckpt, changes = None, []
     if given.get("resume"):  # the saved config under the flags given (such as a larger --total-steps)
-        free = [f.name for f in dataclasses.fields(Config) if f.name not in FIXED]
-        why = f"a resumed run keeps its {', '.join(FIXED)}"
-        cfg, ckpt, changes = saved_config(given, given["resume"], free, why)
+        cfg, ckpt, changes = saved_config(given, given["resume"], set(given) - set(FIXED),
+                                          f"a resumed run keeps its {', '.join(FIXED)}")
     else:
         cfg = make_config(given)
     check_run_folders(cfg)
