@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
-from torch.distributions import Categorical, Normal
+from torch.distributions import Categorical, Independent, Normal
 from tqdm import tqdm
 
 import sppo
@@ -219,19 +219,19 @@ def update(cfg, s, batch):
     for _ in range(cfg.update_epochs):
         for idx in sppo.minibatches(n, cfg.num_minibatches):
             dist = agent.dist(obs[idx])
-            logp = agent.log_prob(dist, actions[idx])
+            logp = dist.log_prob(actions[idx])
             # L = -token_mean(min(r A, clip(r, 1 - eps, 1 + eps) A)), r = exp(logp - old_logp); >= c A, A < 0
             loss, pstats = sppo.policy_loss(logp, old_logp[idx], adv[idx], ones.expand_as(logp), cfg.clip_eps,
                                             cfg.dual_clip or None)
             if cfg.ent_coef:  # the bonus needs the entropy's gradient; else it is only reported (below)
-                loss = loss - cfg.ent_coef * agent.entropy(dist).mean()
+                loss = loss - cfg.ent_coef * dist.entropy().mean()
             opt_step(s.actor_opt, loss, cfg.max_grad_norm)
             if cfg.algo == "ppo":  # L_V = 0.5 (V(s_t) - G_t)^2, a step per minibatch
                 vloss = sppo.value_loss(agent.value(obs[idx]), returns[idx], ones.expand_as(logp))
                 opt_step(s.critic_opt, vloss, cfg.max_grad_norm)
                 stats["critic_loss"] = vloss.item()
     with torch.no_grad():
-        stats.update(pstats, entropy=agent.entropy(dist).mean().item())  # of the last minibatch
+        stats.update(pstats, entropy=dist.entropy().mean().item())  # of the last minibatch
     agent.update_obs_stats(obs)  # after the update, so one update sees one normalisation
     return stats
 
@@ -296,8 +296,8 @@ class Agent(nn.Module):
 
     def dist(self, obs):  # validate_args=False: the checks cost more than the small MLP
         out = self.actor(self.normalise(obs))
-        if self.continuous:
-            return Normal(out, self.log_std.exp(), validate_args=False)
+        if self.continuous:  # Independent: log_prob and entropy sum over the action's coordinates
+            return Independent(Normal(out, self.log_std.exp(), validate_args=False), 1, validate_args=False)
         return Categorical(logits=out, validate_args=False)
 
     @torch.no_grad()
@@ -309,16 +309,10 @@ class Agent(nn.Module):
             action = dist.mean + dist.stddev * noise
         else:
             action = (dist.probs.cumsum(-1) <= noise).sum(-1).clamp(max=dist.probs.shape[-1] - 1)
-        return action, self.log_prob(dist, action)
+        return action, dist.log_prob(action)
 
     def sampler(self, rng):  # what rollout calls: sample's numbers in numpy (speed section)
         return numpy_sampler(self, rng)
-
-    def log_prob(self, dist, action):
-        return dist.log_prob(action).sum(-1) if self.continuous else dist.log_prob(action)
-
-    def entropy(self, dist):
-        return dist.entropy().sum(-1) if self.continuous else dist.entropy()
 
     def value(self, obs):
         return self.critic(self.normalise(obs)).squeeze(-1)
@@ -562,21 +556,16 @@ def saved_config(given, run_dir, free, why):
     return make_config({**kept, **given, "out": given.get("out") or run_dir}), ckpt, changes
 
 
-def folder_error(path):
-    """Why a folder could not be made or written at path, or None. Creates nothing."""
-    parent = os.path.abspath(path)
-    while not os.path.exists(parent):  # the nearest existing folder is where the new ones would be made
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        return f"{parent} is a file"
-    return None if os.access(parent, os.W_OK | os.X_OK) else f"{parent} is not writable"
-
-
 def check_run_folders(cfg):
     """Writable folders, and no earlier run in --out unless resumed in place or --overwrite says so."""
     for name, path in (("--out", cfg.out), ("--tensorboard", cfg.tensorboard)):
-        if path and folder_error(path):
-            fail(f"cannot write to {name} {path}: {folder_error(path)}")
+        parent = os.path.abspath(path)  # the nearest existing folder is where the new ones would be made
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if path and not os.path.isdir(parent):
+            fail(f"cannot write to {name} {path}: {parent} is a file")
+        if path and not os.access(parent, os.W_OK | os.X_OK):
+            fail(f"cannot write to {name} {path}: {parent} is not writable")
     held = [name for name in RUN_FILES if os.path.exists(os.path.join(cfg.out, name))]
     if held and not in_place(cfg) and not cfg.overwrite:
         fail(f"--out {cfg.out} holds an earlier run ({', '.join(held)}): "
@@ -593,9 +582,8 @@ def in_place(cfg):
 
 
 def start_run_folder(cfg, step):
-    """Make --out, once every check has passed. A new run or a branch replaces an earlier run there (and the
-    TensorBoard events its config.json names); a resume or branch keeps the rows up to its checkpoint."""
-    os.makedirs(cfg.out, exist_ok=True)
+    """Fill --out (locked made it). A new run or a branch replaces an earlier run there (and the TensorBoard
+    events its config.json names); a resume or branch keeps the rows up to its checkpoint."""
     if not in_place(cfg):
         old = (read_jsonl(os.path.join(cfg.out, "config.json")) or [{}])[0].get("tensorboard")
         events = glob.glob(os.path.join(glob.escape(old), "events.out.tfevents.*")) if old else []
@@ -611,10 +599,8 @@ def start_run_folder(cfg, step):
 
 @contextlib.contextmanager
 def locked(out):
-    """OUT/.lock held (flock) while this run writes there: a second process on the same folder (a resume
-    started twice, an --overwrite of a run still going) is refused instead of mixing the two runs' files.
-    The kernel drops the lock when the process ends, kill -9 included. A folder made here for a run that
-    then fails on bad input is removed again."""
+    """OUT/.lock held (flock, dropped when the process ends) while this run writes there: a second run on
+    it is refused, not mixed in. A folder made here for a run that then fails on bad input is removed."""
     made = not os.path.exists(out)
     try:
         os.makedirs(out, exist_ok=True)
@@ -700,7 +686,6 @@ class Run:
     values: object  # values.jsonl (--dump-values) likewise, or None
     t0: float  # when the run would have started had it never stopped: wall seconds = now - t0
     train_seconds: float = 0.0  # of the whole run: evaluations and checkpoint writes excluded
-    prev_steps: int = 0  # env steps before the last update
     tb: object = None  # TensorBoard SummaryWriter, or None
     bar: object = None  # tqdm
     clock: float = 0.0  # end of the last step
@@ -725,7 +710,8 @@ def log_step(run, s, batch, row):
     """After each update: an evaluation when due, metrics.jsonl, TensorBoard, the bar, a checkpoint if due."""
     cfg, now = run.cfg, time.time()
     run.train_seconds += now - run.clock
-    if cfg.eval_every and s.env_steps // cfg.eval_every > run.prev_steps // cfg.eval_every:  # passed k * it
+    before = s.env_steps - int(batch.length.sum())  # env steps before this update
+    if cfg.eval_every and s.env_steps // cfg.eval_every > before // cfg.eval_every:  # passed k * eval_every
         result = evaluate(cfg, s.agent, cfg.eval_episodes)
         row.update(eval_success_rate=result["success_rate"], eval_mean_return=result["mean_return"])
     row.update(wall_seconds=round(now - run.t0, 3), train_seconds=round(run.train_seconds, 3))
@@ -737,7 +723,7 @@ def log_step(run, s, batch, row):
     run.bar.set_postfix(outcome=f"{row['reward_mean']:.3f}", success=f"{row['success_rate']:.2f}")
     if cfg.save_every_seconds and time.time() - run.last_save >= cfg.save_every_seconds:
         save_checkpoint(run, s)
-    run.clock, run.prev_steps = time.time(), s.env_steps
+    run.clock = time.time()
 
 
 def values_row(cfg, b, step):
@@ -777,7 +763,7 @@ def run_training(cfg, s, ckpt):
     ckpt = ckpt or {}
     logs = [open(os.path.join(cfg.out, n), "a", 1) if n == LOGS[0] or cfg.dump_values else None for n in LOGS]
     run = Run(cfg, *logs, t0=time.time() - ckpt.get("wall_seconds", 0.0),
-              train_seconds=ckpt.get("train_seconds", 0.0), prev_steps=s.env_steps)
+              train_seconds=ckpt.get("train_seconds", 0.0))
     if cfg.tensorboard:
         from torch.utils.tensorboard import SummaryWriter  # optional package, checked in check_run_folders
         run.tb = SummaryWriter(cfg.tensorboard)
@@ -790,16 +776,14 @@ def run_training(cfg, s, ckpt):
     previous = {sig: signal.signal(sig, handler) for sig in EXIT}
     try:
         save_checkpoint(run, s)  # from the start on, a crash leaves a run that --resume continues
-        run.bar = tqdm(total=cfg.total_steps, initial=min(s.env_steps, cfg.total_steps), unit="step",
-                       desc=f"{cfg.env} {cfg.algo}", dynamic_ncols=True)
-        run.clock = time.time()
-        try:
-            train(cfg, s, run)
+        try:  # the bar is closed before any message below
+            with tqdm(total=cfg.total_steps, initial=min(s.env_steps, cfg.total_steps), unit="step",
+                      desc=f"{cfg.env} {cfg.algo}", dynamic_ncols=True) as run.bar:
+                run.clock = time.time()
+                train(cfg, s, run)
         except ValueError as e:  # a broken outcome function: keep what was learnt, then stop
-            run.bar.close()
             save_checkpoint(run, s)
             fail(f"{e}; saved {cfg.out}")
-        run.bar.close()
         save_checkpoint(run, s)
         result, run.evaluating = None, run.signal is None
         with contextlib.suppress(KeyboardInterrupt):  # a signal in the final evaluation: no result
@@ -808,13 +792,11 @@ def run_training(cfg, s, ckpt):
         log_scalars(run.tb, {f"final_{k}": v for k, v in (result or {}).items()}, s.step)
         summary = write_summary(run, s, result)
     except OSError as e:  # a full disk, a folder gone: the files written before are whole (atomic)
-        if run.bar is not None:
-            run.bar.close()
         fail(f"cannot write to --out {cfg.out}: {e}; its last checkpoint is intact")
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
-        for f in (run.bar, run.metrics, run.values, run.tb):
+        for f in (run.metrics, run.values, run.tb):
             if f is not None:
                 f.close()
     if run.signal:
@@ -844,9 +826,8 @@ def main(argv=None):
         return evaluate_saved(given)
     ckpt, changes = None, []
     if given.get("resume"):  # the saved config under the flags given (such as a larger --total-steps)
-        free = [f.name for f in dataclasses.fields(Config) if f.name not in FIXED]
-        why = f"a resumed run keeps its {', '.join(FIXED)}"
-        cfg, ckpt, changes = saved_config(given, given["resume"], free, why)
+        cfg, ckpt, changes = saved_config(given, given["resume"], set(given) - set(FIXED),
+                                          f"a resumed run keeps its {', '.join(FIXED)}")
     else:
         cfg = make_config(given)
     check_run_folders(cfg)
@@ -855,12 +836,10 @@ def main(argv=None):
             start_run_folder(cfg, ckpt and ckpt["update"])
         except OSError as e:
             fail(f"cannot write to --out {cfg.out}: {e}")
-        for line in changes:  # applied, and said so
-            print(line, file=sys.stderr)
         where = f"writing {cfg.out} ({', '.join(RUN_FILES)})"
         where += f", resuming {cfg.resume} at step {ckpt['update']}" if ckpt else ""
         where += f", TensorBoard events in {cfg.tensorboard}" if cfg.tensorboard else ""
-        print(where, file=sys.stderr)
+        print(*changes, where, sep="\n", file=sys.stderr)  # the changes applied, and where it writes
         torch.set_num_threads(cfg.threads)
         summary = run_training(cfg, load_state(cfg, ckpt), ckpt)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}))

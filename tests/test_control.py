@@ -563,7 +563,7 @@ def test_rollout_streams_seeded_episodes_through_fewer_envs(env_id):
     assert torch.all(b.mask[:-1] >= b.mask[1:])  # valid steps first, then padding
     # a sampled action's stored log-prob is the policy's log-prob of it (ratio 1 on the first minibatch)
     with torch.no_grad():
-        logp = agent.log_prob(agent.dist(b.obs), b.actions)
+        logp = agent.dist(b.obs).log_prob(b.actions)
     assert torch.allclose(logp * b.mask, b.logp * b.mask, atol=1e-6)
 
 
@@ -685,7 +685,7 @@ def test_numpy_sampler_is_agent_sample(env_id):
     else:
         assert np.array_equal(expected.numpy(), action)
     with torch.no_grad():  # the update's path: float32 tensors of the stored obs and actions
-        again = agent.log_prob(agent.dist(torch.as_tensor(obs, dtype=torch.float32)), torch.as_tensor(action))
+        again = agent.dist(torch.as_tensor(obs, dtype=torch.float32)).log_prob(torch.as_tensor(action))
     assert np.allclose(again.numpy(), logp, rtol=1e-5, atol=1e-5)
 
 
