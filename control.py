@@ -559,12 +559,12 @@ def saved_config(given, run_dir, free, why):
 def check_run_folders(cfg):
     """Writable folders, and no earlier run in --out unless resumed in place or --overwrite says so."""
     for name, path in (("--out", cfg.out), ("--tensorboard", cfg.tensorboard)):
-        parent = os.path.abspath(path)  # the nearest existing folder is where the new ones would be made
-        while not os.path.exists(parent):
+        parent = os.path.abspath(path) if path else None  # the nearest existing folder: where it would go
+        while parent and not os.path.exists(parent):
             parent = os.path.dirname(parent)
-        if path and not os.path.isdir(parent):
+        if parent and not os.path.isdir(parent):
             fail(f"cannot write to {name} {path}: {parent} is a file")
-        if path and not os.access(parent, os.W_OK | os.X_OK):
+        if parent and not os.access(parent, os.W_OK | os.X_OK):
             fail(f"cannot write to {name} {path}: {parent} is not writable")
     held = [name for name in RUN_FILES if os.path.exists(os.path.join(cfg.out, name))]
     if held and not in_place(cfg) and not cfg.overwrite:
