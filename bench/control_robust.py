@@ -11,7 +11,8 @@ policy is not undone) and on LunarLander more updates (16 episodes an update), m
 a 4M-step budget (an env setting: adopting it would rerun every algorithm's suite rows; the others change only
 the sppo rows), and at 4M steps and 16 episodes a lower or an annealed lr, an entropy bonus (CleanRL's 0.01,
 which kept the policy random, and 0.001; not in the paper) or wider layers (128 units); at 4M, 32 episodes.
-The failing seeds sit at a return of 100-150 (outcome ~0.6: the lander hovers, ~700 steps an episode). The tuned defaults' runs on seeds 11 and 12 are those of control_tune.json, read from there;
+The failing seeds sit at a return of 100-150 (outcome ~0.6: the lander hovers, ~700 steps an episode).
+The tuned defaults' runs on seeds 11 and 12 are those of control_tune.json, read from there;
 `--configs` runs only the named candidates. Runs as control_tune.py's (`control.py ... --threads 1 --out DIR
 --overwrite`, one thread each).
 Writes RESULTS/control_robust.{md,json}: success per seed, mean, lowest seed, train seconds.
