@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # a test that tries to download fails instead
@@ -134,6 +135,22 @@ def test_reward_fn_safe_on_hostile_input():
     assert time.time() - t0 < 30  # a hang, not a speed target: 10 calls of at most VERIFY_SECONDS each
     assert L.reward_fn("9" * 60, "9" * 59 + "8") == 0.0  # long numbers compared exactly, not as floats
     assert not os.path.exists("/tmp/pwned_sppo")
+
+
+def test_reward_timer_charges_only_the_main_threads_cpu(monkeypatch):
+    """The SIGPROF timer counts every thread's CPU time: time another thread spends is not the call's (in CI a
+    right answer once timed out this way)."""
+    import math_verify
+
+    def verify_while_another_thread_works(gold, got, timeout_seconds):
+        worker = threading.Thread(target=lambda: sum(i * i for i in range(3_000_000)))  # ~0.2 s of CPU
+        worker.start()
+        worker.join()
+        return True
+    monkeypatch.setattr(L, "VERIFY_SECONDS", 0.05)
+    monkeypatch.setattr(math_verify, "parse", lambda text, parsing_timeout: text)
+    monkeypatch.setattr(math_verify, "verify", verify_while_another_thread_works)
+    assert L.reward_fn("\\boxed{\\frac{1}{2}}", "0.5") == 1.0
 
 
 def test_load_rows_gsm8k_and_errors(tmp_path, capsys):
