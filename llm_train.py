@@ -759,7 +759,7 @@ def math_equal(got, gold):
         if left > 0.01:  # time other threads used (torch's, another test's) is not this call's
             signal.setitimer(signal.ITIMER_PROF, left)
             return
-        signal.setitimer(signal.ITIMER_PROF, 0.05)  # parse() swallows the exception: keep cutting till we leave
+        signal.setitimer(signal.ITIMER_PROF, 0.05)  # parse() swallows it: keep cutting till we leave
         raise TimeoutException("reward timed out")  # a BaseException: verify's handlers let it pass
     # CPU time, not wall time: on a busy machine a wall-clock budget turned right answers into wrong ones
     start = time.thread_time()
