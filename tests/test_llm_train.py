@@ -138,8 +138,8 @@ def test_reward_fn_safe_on_hostile_input():
 
 
 def test_reward_timer_charges_only_the_main_threads_cpu(monkeypatch):
-    """The SIGPROF timer counts every thread's CPU time: time another thread spends is not the call's (in CI a
-    right answer once timed out this way)."""
+    """The SIGPROF timer counts every thread's CPU time: time another thread spends is not the call's (a CI run
+    once timed a right answer out; this is one way it could)."""
     import math_verify
 
     def verify_while_another_thread_works(gold, got, timeout_seconds):
